@@ -1,0 +1,1 @@
+"""Analysis tools: sparsity report (``python -m swconv.analysis.sparsity``), plots."""
