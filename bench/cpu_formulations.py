@@ -1,6 +1,6 @@
 """CPU timing of the two PyTorch formulations of the shift-wise operator at SW-T stage shapes.
 
-    python bench/cpu_formulations.py [--batch 8] [--out bench/results/cpu_formulations.json]
+python bench/cpu_formulations.py [--batch 8] [--out bench/results/cpu_formulations.json]
 """
 
 import argparse
@@ -57,7 +57,10 @@ def main() -> None:
             row["forward_ms"] = 1e3 * median_time(fwd, args.repeats)
             row["forward_backward_ms"] = 1e3 * median_time(fwd_bwd, args.repeats)
             rows.append(row)
-            print(f"stage {stage} {impl:12s} fwd {row['forward_ms']:9.1f} ms   fwd+bwd {row['forward_backward_ms']:9.1f} ms")
+            print(
+                f"stage {stage} {impl:12s} fwd {row['forward_ms']:9.1f} ms"
+                f"   fwd+bwd {row['forward_backward_ms']:9.1f} ms"
+            )
     report = dict(
         command=" ".join([os.path.basename(sys.executable)] + sys.argv),
         torch=torch.__version__,

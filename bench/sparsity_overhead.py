@@ -12,6 +12,7 @@ Measures, in one process, with the same model and optimizer (AdamW):
 Overhead = (per-step work + round / update_frequency) / step time; acceptance: <= 2 %.
 Writes ``sparsity_overhead.json`` to --out and (on CUDA) to bench/results/. No Hydra, no Lightning trainer.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -96,9 +97,16 @@ def main(argv=None) -> int:
     layers = find_sw_layers(model)
     impls = sorted({getattr(m, "impl", "?") for _, m in layers})
 
-    cb = SparsityCallback(density=a.density, init="uniform", update_frequency=a.update_frequency,
-                          total_steps=100 * a.update_frequency, verbose=False, log_densities=False,
-                          check_ranks=False, seed=0)
+    cb = SparsityCallback(
+        density=a.density,
+        init="uniform",
+        update_frequency=a.update_frequency,
+        total_steps=100 * a.update_frequency,
+        verbose=False,
+        log_densities=False,
+        check_ranks=False,
+        seed=0,
+    )
     cb.initialize(None, model)  # masks written into the kernel_mask buffers, weights masked
 
     batch = a.batch
@@ -107,8 +115,7 @@ def main(argv=None) -> int:
     x = y = None
 
     def make_batch(b):
-        return (torch.randn(b, a.in_chans, a.img, a.img, device=dev),
-                torch.randint(0, a.num_classes, (b,), device=dev))
+        return (torch.randn(b, a.in_chans, a.img, a.img, device=dev), torch.randint(0, a.num_classes, (b,), device=dev))
 
     def train_step():
         opt.zero_grad(set_to_none=True)
@@ -187,10 +194,20 @@ def main(argv=None) -> int:
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
         "versions": versions(),
         "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
-        "config": {"model": a.model, "kernel_sizes": ks, "batch": batch, "img": a.img, "precision": a.precision,
-                   "impl": impls, "sw_layers": len(layers),
-                   "masked_weights": len(cb._weights), "density": a.density,
-                   "update_frequency": a.update_frequency, "steps": a.steps, "trials": a.trials},
+        "config": {
+            "model": a.model,
+            "kernel_sizes": ks,
+            "batch": batch,
+            "img": a.img,
+            "precision": a.precision,
+            "impl": impls,
+            "sw_layers": len(layers),
+            "masked_weights": len(cb._weights),
+            "density": a.density,
+            "update_frequency": a.update_frequency,
+            "steps": a.steps,
+            "trials": a.trials,
+        },
         "step_ms_without_callback": t_base * 1e3,
         "step_ms_with_callback_per_step_work": t_sparse * 1e3,
         "step_ms_trials": {"base": [t * 1e3 for t in base], "sparse": [t * 1e3 for t in sparse]},
@@ -214,11 +231,13 @@ def main(argv=None) -> int:
         except OSError as exc:  # read-only results dir on some machines: keep going
             print(f"could not write to {out}: {exc}", file=sys.stderr)
     print(f"{res['device']} {a.model} B={batch} {a.img}px {a.precision} impl={impls}")
-    print(f"step {t_base*1e3:.2f} ms | with per-step mask apply {t_sparse*1e3:.2f} ms | apply alone "
-          f"{t_apply*1e3:.3f} ms | round {t_round*1e3:.1f} ms (/{a.update_frequency} = "
-          f"{t_round/a.update_frequency*1e3:.3f} ms)")
+    print(
+        f"step {t_base * 1e3:.2f} ms | with per-step mask apply {t_sparse * 1e3:.2f} ms | apply alone "
+        f"{t_apply * 1e3:.3f} ms | round {t_round * 1e3:.1f} ms (/{a.update_frequency} = "
+        f"{t_round / a.update_frequency * 1e3:.3f} ms)"
+    )
     verdict = "PASS" if res["pass"] else "FAIL"
-    print(f"overhead {100*overhead:.3f} % (A/B {100*ab_overhead:.2f} %) -> {verdict} (<= 2 %)")
+    print(f"overhead {100 * overhead:.3f} % (A/B {100 * ab_overhead:.2f} %) -> {verdict} (<= 2 %)")
     return 0
 
 

@@ -3,6 +3,7 @@
 Small-width overrides keep forward/backward fast; the full tiny models are only built (no forward)
 to check parameter counts against the published values.
 """
+
 import timm
 import torch
 import torch.nn as nn

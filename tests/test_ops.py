@@ -77,7 +77,11 @@ RANDOM_CASES = [random_case(random.Random(i)) for i in range(60)]
 COVERAGE_CASES = [dict(big=b, small=s, channels=5, height=11, width=17, batch=2, n_rep=4) for b, s in KERNEL_SIZES]
 
 
-@pytest.mark.parametrize("case", EDGE_CASES + COVERAGE_CASES + RANDOM_CASES, ids=lambda c: "K{big}k{small}C{channels}H{height}W{width}B{batch}N{n_rep}".format(**c))
+@pytest.mark.parametrize(
+    "case",
+    EDGE_CASES + COVERAGE_CASES + RANDOM_CASES,
+    ids=lambda c: "K{big}k{small}C{channels}H{height}W{width}B{batch}N{n_rep}".format(**c),
+)
 def test_operator_matches_dense_cross_kernel(case):
     x, w, (perm_h, perm_v, ident) = case_tensors(case, seed=hash(tuple(case.values())) % 10_000)
     expected = dense_reference(x, w, perm_h, perm_v, ident, case["big"])

@@ -1,4 +1,5 @@
 """Pure mask algorithms and schedule (no Lightning)."""
+
 import math
 
 import pytest

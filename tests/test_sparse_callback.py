@@ -1,4 +1,5 @@
 """SparsityCallback with Lightning on CPU: step hook, accumulation, AMP, resume, DDP."""
+
 import os
 
 import pytest
@@ -73,9 +74,17 @@ def toy_data(n=48, bs=4):
 
 
 def make_trainer(tmp_path, cbs, **kw):
-    args = dict(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
-                enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path),
-                num_sanity_val_steps=0)
+    args = dict(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+        num_sanity_val_steps=0,
+    )
     args.update(kw)
     return L.Trainer(callbacks=cbs, **args)
 
@@ -211,8 +220,10 @@ def _name(model, layer):
     return next(n for n, m in model.named_modules() if m is layer)
 
 
-@pytest.mark.parametrize("opt_state,grads,opt", [("all", False, "adamw"), ("none", True, "adamw"),
-                                                ("reference", False, "sgd"), ("reference", False, "adamw")])
+@pytest.mark.parametrize(
+    "opt_state,grads,opt",
+    [("all", False, "adamw"), ("none", True, "adamw"), ("reference", False, "sgd"), ("reference", False, "adamw")],
+)
 def test_optional_masking_of_moments_and_grads(tmp_path, opt_state, grads, opt):
     L.seed_everything(0)
     cb = SparsityCallback(**cb_args(mask_optimizer_state=opt_state, mask_grads=grads))
@@ -307,8 +318,7 @@ def _run(tmp_path, epochs, ckpt=None):
     L.seed_everything(0)
     cb = SparsityCallback(**cb_args(update_frequency=3, sparse_gap=2, total_steps=40))
     model = ToyModule()
-    mc = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), save_top_k=-1, every_n_epochs=1,
-                         filename="{epoch}")
+    mc = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), save_top_k=-1, every_n_epochs=1, filename="{epoch}")
     trainer = make_trainer(tmp_path, [cb, mc], max_epochs=epochs, enable_checkpointing=True)
     trainer.fit(model, toy_data(n=20, bs=4), ckpt_path=ckpt)  # 5 steps/epoch, rounds mid-epoch
     return model, cb
@@ -366,8 +376,10 @@ class SaveMasks(L.Callback):
     def on_train_end(self, trainer, pl_module):
         masks = {n: lay.kernel_mask.clone() for n, lay in sw_layers(pl_module)}
         cb = next(c for c in trainer.callbacks if isinstance(c, SparsityCallback))
-        torch.save({"masks": masks, "step": cb.step, "round": cb.round},
-                   os.path.join(self.out_dir, f"rank{trainer.global_rank}.pt"))
+        torch.save(
+            {"masks": masks, "step": cb.step, "round": cb.round},
+            os.path.join(self.out_dir, f"rank{trainer.global_rank}.pt"),
+        )
 
 
 class DesyncGlobalRNG(L.Callback):
@@ -381,8 +393,7 @@ def ddp_main(out_dir):
     L.seed_everything(0)
     cb = SparsityCallback(**cb_args(init="snip", update_frequency=2, sparse_gap=2))
     model = ToyModule()
-    trainer = make_trainer(out_dir, [DesyncGlobalRNG(), cb, SaveMasks(str(out_dir))], devices=2,
-                           strategy="ddp_fork")
+    trainer = make_trainer(out_dir, [DesyncGlobalRNG(), cb, SaveMasks(str(out_dir))], devices=2, strategy="ddp_fork")
     trainer.fit(model, toy_data(n=32, bs=4))  # 4 batches per rank -> 4 steps, 2 rounds
 
 
@@ -393,8 +404,10 @@ def test_ddp_two_cpu_processes_identical_masks(tmp_path):
 
     # a fresh interpreter: forking is not allowed once CUDA is initialised (GPU CI runs GPU tests first)
     here = Path(__file__).resolve().parent
-    code = (f"import sys; sys.path[:0] = [{str(here)!r}, {str(here.parent / 'src')!r}]; "
-            f"import test_sparse_callback as t; t.ddp_main({str(tmp_path)!r})")
+    code = (
+        f"import sys; sys.path[:0] = [{str(here)!r}, {str(here.parent / 'src')!r}]; "
+        f"import test_sparse_callback as t; t.ddp_main({str(tmp_path)!r})"
+    )
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -441,8 +454,13 @@ def test_ddp_checksum_mismatch_raises(tmp_path):
 
 
 # ----------------------------------------------------------------------------- configs, end to end
-SPARSITY_VARIANTS = {"reference": {}, "erk": {"init": "erk"}, "uniform": {"init": "uniform"},
-                     "gradient": {"growth": "gradient"}, "static": {"update_frequency": 0}}
+SPARSITY_VARIANTS = {
+    "reference": {},
+    "erk": {"init": "erk"},
+    "uniform": {"init": "uniform"},
+    "gradient": {"growth": "gradient"},
+    "static": {"update_frequency": 0},
+}
 
 
 @pytest.mark.parametrize("name", sorted(SPARSITY_VARIANTS) + ["none"])
@@ -455,9 +473,21 @@ def test_sparsity_configs_instantiate(name, compose_cfg):
         return
     cb = instantiate(cfg.sparsity.callback)
     assert isinstance(cb, SparsityCallback)
-    ref = dict(density=0.7, init="snip", placement="bernoulli", growth="random", prune_rate=0.3,
-               final_prune_rate=0.005, schedule_name="cosine", update_frequency=100, sparse_gap=131,
-               total_steps=None, mask_grads=False, mask_optimizer_state="reference", seed=cfg.seed)
+    ref = dict(
+        density=0.7,
+        init="snip",
+        placement="bernoulli",
+        growth="random",
+        prune_rate=0.3,
+        final_prune_rate=0.005,
+        schedule_name="cosine",
+        update_frequency=100,
+        sparse_gap=131,
+        total_steps=None,
+        mask_grads=False,
+        mask_optimizer_state="reference",
+        seed=cfg.seed,
+    )
     ref.update(SPARSITY_VARIANTS[name])
     for k, v in ref.items():
         assert getattr(cb, k) == v, (name, k)
@@ -471,11 +501,20 @@ def test_reference_config_trains_default_experiment(compose_cfg, fake_fmnist, tm
 
     from swconv.training.run import train
 
-    cfg = compose_cfg("train", [
-        "sparsity=reference", f"data.root={fake_fmnist}", "data.val_size=50", "data.batch_size=32",
-        "trainer.max_epochs=1", "trainer.accelerator=cpu", "sparsity.callback.update_frequency=3",
-        "module.ema={decay:0.9,warmup:false,evaluate:true}",
-    ], out_dir=tmp_path)
+    cfg = compose_cfg(
+        "train",
+        [
+            "sparsity=reference",
+            f"data.root={fake_fmnist}",
+            "data.val_size=50",
+            "data.batch_size=32",
+            "trainer.max_epochs=1",
+            "trainer.accelerator=cpu",
+            "sparsity.callback.update_frequency=3",
+            "module.ema={decay:0.9,warmup:false,evaluate:true}",
+        ],
+        out_dir=tmp_path,
+    )
     metrics, objs = train(cfg)
     cb = next(c for c in objs["trainer"].callbacks if isinstance(c, SparsityCallback))
     assert cb.step == objs["trainer"].global_step == 7 and cb.round == 2

@@ -2,6 +2,7 @@
 
 Importing the package registers every model with timm.
 """
+
 from . import models  # noqa: F401  (timm registration)
 from .models.convert import convert_reference_state_dict, to_reference_state_dict
 from .ops import ShiftWiseConv2d, shift_wise_conv

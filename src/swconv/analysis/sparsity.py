@@ -10,6 +10,7 @@ Writes ``sparsity_report.json`` and ``sparsity_report.png``.
 CLI: ``python -m swconv.analysis.sparsity ckpt=PATH [out=DIR] [exclude=REGEX]`` (``--ckpt`` etc. also
 work). Masks of EMA copies (``ema.`` / ``model_ema.`` prefixes) are left out by default.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,9 @@ def _strip(name: str) -> str:
 DEFAULT_EXCLUDE = r"(^|\.)(ema|model_ema|ema_model)\."  # EMA copies mirror the trained masks
 
 
-def collect_masks(state_dict: Mapping[str, torch.Tensor], exclude: str | None = DEFAULT_EXCLUDE
-                  ) -> OrderedDict[str, dict]:
+def collect_masks(
+    state_dict: Mapping[str, torch.Tensor], exclude: str | None = DEFAULT_EXCLUDE
+) -> OrderedDict[str, dict]:
     """``{layer: {"mask": (n_path, rep*nk) bool, "rep": rep, "nk": nk}}`` for every ``*.kernel_mask``
     whose name does not match ``exclude``."""
     out: OrderedDict[str, dict] = OrderedDict()
@@ -64,17 +66,19 @@ def layer_table(masks: Mapping[str, dict]) -> list[dict[str, Any]]:
         union = m.any(0)
         inter = m.all(0)
         per_ch = union.view(rep, nk).sum(1)
-        rows.append({
-            "layer": name,
-            "rep_channels": rep,
-            "n_slots": nk,
-            "n_path": int(m.shape[0]),
-            "kernels": int(m.shape[1]),
-            "density_per_path": [round(float(x), 6) for x in m.float().mean(1)],
-            "density_union": round(float(union.float().mean()), 6),
-            "density_intersection": round(float(inter.float().mean()), 6),
-            "fully_pruned_channels": int((per_ch == 0).sum()),
-        })
+        rows.append(
+            {
+                "layer": name,
+                "rep_channels": rep,
+                "n_slots": nk,
+                "n_path": int(m.shape[0]),
+                "kernels": int(m.shape[1]),
+                "density_per_path": [round(float(x), 6) for x in m.float().mean(1)],
+                "density_union": round(float(union.float().mean()), 6),
+                "density_intersection": round(float(inter.float().mean()), 6),
+                "fully_pruned_channels": int((per_ch == 0).sum()),
+            }
+        )
     return rows
 
 
@@ -103,8 +107,9 @@ def active_per_channel_histograms(masks: Mapping[str, dict]) -> dict[str, dict[s
     return out
 
 
-def build_report(state_dict: Mapping[str, torch.Tensor], meta: Mapping[str, Any] | None = None,
-                 exclude: str | None = DEFAULT_EXCLUDE) -> dict[str, Any]:
+def build_report(
+    state_dict: Mapping[str, torch.Tensor], meta: Mapping[str, Any] | None = None, exclude: str | None = DEFAULT_EXCLUDE
+) -> dict[str, Any]:
     masks = collect_masks(state_dict, exclude)
     rows = layer_table(masks)
     tot = sum(r["kernels"] * r["n_path"] for r in rows)
@@ -124,15 +129,20 @@ def build_report(state_dict: Mapping[str, torch.Tensor], meta: Mapping[str, Any]
 
 
 def format_table(report: Mapping[str, Any]) -> str:
-    lines = [f"{'layer':<40s} {'rep':>5s} {'nk':>3s} {'per-path density':>22s} "
-             f"{'union':>7s} {'inter':>7s} {'dead ch':>7s}"]
+    lines = [
+        f"{'layer':<40s} {'rep':>5s} {'nk':>3s} {'per-path density':>22s} {'union':>7s} {'inter':>7s} {'dead ch':>7s}"
+    ]
     for r in report["layers"]:
         pp = " ".join(f"{x:.3f}" for x in r["density_per_path"])
-        lines.append(f"{r['layer']:<40s} {r['rep_channels']:>5d} {r['n_slots']:>3d} {pp:>22s} "
-                     f"{r['density_union']:>7.3f} {r['density_intersection']:>7.3f} {r['fully_pruned_channels']:>7d}")
+        lines.append(
+            f"{r['layer']:<40s} {r['rep_channels']:>5d} {r['n_slots']:>3d} {pp:>22s} "
+            f"{r['density_union']:>7.3f} {r['density_intersection']:>7.3f} {r['fully_pruned_channels']:>7d}"
+        )
     o = report["overall"]
-    lines.append(f"overall: {o['layers']} layers, density (paths) {o['density_paths']}, "
-                 f"density (union/merged) {o['density_union']}")
+    lines.append(
+        f"overall: {o['layers']} layers, density (paths) {o['density_paths']}, "
+        f"density (union/merged) {o['density_union']}"
+    )
     return "\n".join(lines)
 
 
@@ -149,22 +159,33 @@ def plot_report(report: Mapping[str, Any], path: str) -> None:
     xs = range(len(rows))
     n_path = max((r["n_path"] for r in rows), default=1)
     for q in range(n_path):
-        ax.plot(xs, [r["density_per_path"][q] if q < r["n_path"] else float("nan") for r in rows],
-                "o-", ms=3, lw=1, label=f"path {q}")
+        ax.plot(
+            xs,
+            [r["density_per_path"][q] if q < r["n_path"] else float("nan") for r in rows],
+            "o-",
+            ms=3,
+            lw=1,
+            label=f"path {q}",
+        )
     ax.bar(xs, [r["density_union"] for r in rows], color="0.8", label="union (merged)")
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("density")
     ax.set_xticks(list(xs))
-    ax.set_xticklabels([r["layer"].replace("stages.", "s").replace(".large_kernel", "") for r in rows],
-                       rotation=90, fontsize=6)
+    ax.set_xticklabels(
+        [r["layer"].replace("stages.", "s").replace(".large_kernel", "") for r in rows], rotation=90, fontsize=6
+    )
     ax.legend(fontsize=7)
     ax.set_title(f"per-layer kernel density (overall {report['overall']['density_union']})")
     ax = axes[1]
     width = 0.8 / max(len(hists), 1)
     for i, (key, h) in enumerate(hists.items()):
         shift = (i - (len(hists) - 1) / 2) * width
-        ax.bar([x + shift for x in range(len(h["fraction"]))], h["fraction"], width=width,
-               label=f"{key} (nk={h['n_slots']}, mean {h['mean_active']})")
+        ax.bar(
+            [x + shift for x in range(len(h["fraction"]))],
+            h["fraction"],
+            width=width,
+            label=f"{key} (nk={h['n_slots']}, mean {h['mean_active']})",
+        )
     ax.set_xlabel("active small kernels per channel (union over paths)")
     ax.set_ylabel("fraction of channels")
     ax.legend(fontsize=7)
@@ -173,8 +194,13 @@ def plot_report(report: Mapping[str, Any], path: str) -> None:
     plt.close(fig)
 
 
-def write_report(state_dict: Mapping[str, torch.Tensor], out_dir: str, meta: Mapping[str, Any] | None = None,
-                 plot: bool = True, exclude: str | None = DEFAULT_EXCLUDE) -> dict[str, Any]:
+def write_report(
+    state_dict: Mapping[str, torch.Tensor],
+    out_dir: str,
+    meta: Mapping[str, Any] | None = None,
+    plot: bool = True,
+    exclude: str | None = DEFAULT_EXCLUDE,
+) -> dict[str, Any]:
     os.makedirs(out_dir, exist_ok=True)
     report = build_report(state_dict, meta, exclude)
     with open(os.path.join(out_dir, "sparsity_report.json"), "w") as f:
@@ -196,8 +222,9 @@ def load_checkpoint(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]
                 meta[k] = ckpt[k]
         for k, v in (ckpt.get("callbacks") or {}).items():
             if "SparsityCallback" in str(k) and isinstance(v, dict):
-                meta["sparsity_callback"] = {kk: v[kk] for kk in ("step", "round", "seed", "total_steps",
-                                                                   "prune_rate_now", "config") if kk in v}
+                meta["sparsity_callback"] = {
+                    kk: v[kk] for kk in ("step", "round", "seed", "total_steps", "prune_rate_now", "config") if kk in v
+                }
         sd = ckpt["state_dict"]
     elif isinstance(ckpt, dict) and "model" in ckpt and isinstance(ckpt["model"], dict):
         sd = ckpt["model"]

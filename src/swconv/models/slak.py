@@ -12,6 +12,7 @@ sparsity is not part of this module (the published ~30 M of SLaK-T counts weight
 ``reparameterize()`` folds each block's three BN'd branches into one dense KxK dw conv with bias
 (exact in eval mode).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -32,8 +33,9 @@ SLAK_T_KERNELS = (51, 49, 47, 13)
 
 def _conv_bn(channels: int, kh: int, kw: int, bn: bool) -> nn.Sequential:
     seq = nn.Sequential()
-    seq.add_module("conv", nn.Conv2d(channels, channels, (kh, kw), padding=(kh // 2, kw // 2),
-                                     groups=channels, bias=False))
+    seq.add_module(
+        "conv", nn.Conv2d(channels, channels, (kh, kw), padding=(kh // 2, kw // 2), groups=channels, bias=False)
+    )
     if bn:
         seq.add_module("bn", nn.BatchNorm2d(channels))
     return seq
@@ -96,8 +98,14 @@ class DecomposedLargeKernelConv(nn.Module):
         if self.merged is not None:
             return
         w, b = self.equivalent_kernel_bias()
-        conv = nn.Conv2d(self.channels, self.channels, self.kernel_size, padding=self.kernel_size // 2,
-                         groups=self.channels, bias=True).to(device=w.device, dtype=w.dtype)
+        conv = nn.Conv2d(
+            self.channels,
+            self.channels,
+            self.kernel_size,
+            padding=self.kernel_size // 2,
+            groups=self.channels,
+            bias=True,
+        ).to(device=w.device, dtype=w.dtype)
         conv.weight.copy_(w)
         conv.bias.copy_(b)
         del self.LoRA1, self.LoRA2, self.small_conv
@@ -106,8 +114,16 @@ class DecomposedLargeKernelConv(nn.Module):
 
 
 class SLaKBlock(nn.Module):
-    def __init__(self, dim: int, kernel_size: int, small_kernel: int = 5, drop_path: float = 0.0,
-                 layer_scale_init: float | None = 1e-6, bn: bool = True, mlp_ratio: int = 4):
+    def __init__(
+        self,
+        dim: int,
+        kernel_size: int,
+        small_kernel: int = 5,
+        drop_path: float = 0.0,
+        layer_scale_init: float | None = 1e-6,
+        bn: bool = True,
+        mlp_ratio: int = 4,
+    ):
         super().__init__()
         self.large_kernel = DecomposedLargeKernelConv(dim, kernel_size, small_kernel, bn=bn)
         self.norm = nn.LayerNorm(dim, eps=1e-6)
@@ -157,15 +173,19 @@ class SLaK(nn.Module):
         self.num_features = self.head_hidden_size = dims[-1]
 
         self.downsample_layers = nn.ModuleList()
-        self.downsample_layers.append(nn.Sequential(
-            nn.Conv2d(in_chans, dims[0], kernel_size=4, stride=4),
-            LayerNorm2d(dims[0], eps=1e-6),
-        ))
+        self.downsample_layers.append(
+            nn.Sequential(
+                nn.Conv2d(in_chans, dims[0], kernel_size=4, stride=4),
+                LayerNorm2d(dims[0], eps=1e-6),
+            )
+        )
         for i in range(3):
-            self.downsample_layers.append(nn.Sequential(
-                LayerNorm2d(dims[i], eps=1e-6),
-                nn.Conv2d(dims[i], dims[i + 1], kernel_size=2, stride=2),
-            ))
+            self.downsample_layers.append(
+                nn.Sequential(
+                    LayerNorm2d(dims[i], eps=1e-6),
+                    nn.Conv2d(dims[i], dims[i + 1], kernel_size=2, stride=2),
+                )
+            )
 
         n_blocks = sum(depths)
         dpr = [drop_path_rate * i / max(n_blocks - 1, 1) for i in range(n_blocks)]  # linear 0 -> rate
@@ -173,11 +193,21 @@ class SLaK(nn.Module):
         self.feature_info = []
         cur = 0
         for i in range(4):
-            self.stages.append(nn.Sequential(*[
-                SLaKBlock(dims[i], kernel_sizes[i], small_kernel, drop_path=dpr[cur + j],
-                          layer_scale_init=layer_scale_init, bn=bn)
-                for j in range(depths[i])
-            ]))
+            self.stages.append(
+                nn.Sequential(
+                    *[
+                        SLaKBlock(
+                            dims[i],
+                            kernel_sizes[i],
+                            small_kernel,
+                            drop_path=dpr[cur + j],
+                            layer_scale_init=layer_scale_init,
+                            bn=bn,
+                        )
+                        for j in range(depths[i])
+                    ]
+                )
+            )
             cur += depths[i]
             self.feature_info.append(dict(num_chs=dims[i], reduction=2 ** (i + 2), module=f"stages.{i}"))
 
@@ -242,9 +272,19 @@ class SLaK(nn.Module):
 
 
 def _cfg(**kwargs):
-    return dict(url="", num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.875,
-                interpolation="bicubic", mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
-                first_conv="downsample_layers.0.0", classifier="head", **kwargs)
+    return dict(
+        url="",
+        num_classes=1000,
+        input_size=(3, 224, 224),
+        pool_size=(7, 7),
+        crop_pct=0.875,
+        interpolation="bicubic",
+        mean=IMAGENET_DEFAULT_MEAN,
+        std=IMAGENET_DEFAULT_STD,
+        first_conv="downsample_layers.0.0",
+        classifier="head",
+        **kwargs,
+    )
 
 
 default_cfgs = generate_default_cfgs({"slak_tiny": _cfg()})
@@ -256,7 +296,6 @@ def slak_tiny(pretrained: bool = False, **kwargs) -> SLaK:
     kernels 51/49/47/13 decomposed with small kernel 5."""
     if pretrained:
         raise RuntimeError("slak_tiny: swconv provides no pretrained weights")
-    args = dict(depths=SLAK_T_DEPTHS, dims=SLAK_T_DIMS, kernel_sizes=SLAK_T_KERNELS, small_kernel=5,
-                width_factor=1.3)
+    args = dict(depths=SLAK_T_DEPTHS, dims=SLAK_T_DIMS, kernel_sizes=SLAK_T_KERNELS, small_kernel=5, width_factor=1.3)
     args.update(kwargs)
     return build_model_with_cfg(SLaK, "slak_tiny", pretrained, **args)

@@ -12,6 +12,7 @@ UniRepLKNet-T: depths (3, 3, 18, 3), dims (80, 160, 320, 640); stage kernels 3 /
 alternating) / 13. ``reparameterize()`` turns the training-time structure into the inference one
 (dilated branches + every BN folded into convs / linears); outputs are unchanged in eval mode.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -92,12 +93,15 @@ class DilatedReparamBlock(nn.Module):
         self.channels = channels
         self.kernel_size = kernel_size
         self.branches = DILATED_BRANCHES[kernel_size]
-        self.lk_origin = nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2,
-                                   groups=channels, bias=False)
+        self.lk_origin = nn.Conv2d(
+            channels, channels, kernel_size, padding=kernel_size // 2, groups=channels, bias=False
+        )
         self.origin_bn = nn.BatchNorm2d(channels)
         for k, r in self.branches:
-            self.add_module(f"dil_conv_k{k}_{r}", nn.Conv2d(
-                channels, channels, k, padding=r * (k - 1) // 2, dilation=r, groups=channels, bias=False))
+            self.add_module(
+                f"dil_conv_k{k}_{r}",
+                nn.Conv2d(channels, channels, k, padding=r * (k - 1) // 2, dilation=r, groups=channels, bias=False),
+            )
             self.add_module(f"dil_bn_k{k}_{r}", nn.BatchNorm2d(channels))
         self.reparameterized = False
 
@@ -113,8 +117,7 @@ class DilatedReparamBlock(nn.Module):
     def equivalent_kernel_bias(self):
         w, b = fuse_conv_bn(self.lk_origin.weight, None, self.origin_bn)
         for k, r in self.branches:
-            bw, bb = fuse_conv_bn(getattr(self, f"dil_conv_k{k}_{r}").weight, None,
-                                  getattr(self, f"dil_bn_k{k}_{r}"))
+            bw, bb = fuse_conv_bn(getattr(self, f"dil_conv_k{k}_{r}").weight, None, getattr(self, f"dil_bn_k{k}_{r}"))
             w = w + pad_kernel_to(dilate_kernel(bw, r), self.kernel_size, self.kernel_size)
             b = b + bb
         return w, b
@@ -124,8 +127,14 @@ class DilatedReparamBlock(nn.Module):
         if self.reparameterized:
             return
         w, b = self.equivalent_kernel_bias()
-        conv = nn.Conv2d(self.channels, self.channels, self.kernel_size, padding=self.kernel_size // 2,
-                         groups=self.channels, bias=True).to(device=w.device, dtype=w.dtype)
+        conv = nn.Conv2d(
+            self.channels,
+            self.channels,
+            self.kernel_size,
+            padding=self.kernel_size // 2,
+            groups=self.channels,
+            bias=True,
+        ).to(device=w.device, dtype=w.dtype)
         conv.weight.copy_(w)
         conv.bias.copy_(b)
         self.lk_origin = conv
@@ -138,8 +147,14 @@ class DilatedReparamBlock(nn.Module):
 
 
 class UniRepLKNetBlock(nn.Module):
-    def __init__(self, dim: int, kernel_size: int, drop_path: float = 0.0,
-                 layer_scale_init: float | None = 1e-6, ffn_factor: int = 4):
+    def __init__(
+        self,
+        dim: int,
+        kernel_size: int,
+        drop_path: float = 0.0,
+        layer_scale_init: float | None = 1e-6,
+        ffn_factor: int = 4,
+    ):
         super().__init__()
         if kernel_size >= 7:
             self.dwconv = DilatedReparamBlock(dim, kernel_size)
@@ -179,8 +194,9 @@ class UniRepLKNetBlock(nn.Module):
         else:
             conv = self.dwconv
         w, b = fuse_conv_bn(conv.weight, conv.bias, self.norm)
-        merged = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, padding=conv.padding,
-                           groups=conv.groups, bias=True).to(device=w.device, dtype=w.dtype)
+        merged = nn.Conv2d(
+            conv.in_channels, conv.out_channels, conv.kernel_size, padding=conv.padding, groups=conv.groups, bias=True
+        ).to(device=w.device, dtype=w.dtype)
         merged.weight.copy_(w)
         merged.bias.copy_(b)
         self.dwconv = merged
@@ -210,8 +226,7 @@ KernelSpec = int | Sequence[int]
 
 def default_kernel_sizes(depths: Sequence[int]):
     """UniRepLKNet-T pattern for any depths: 3 / 13 / 13,3 alternating / 13."""
-    return ([3] * depths[0], [13] * depths[1], [13 if i % 2 == 0 else 3 for i in range(depths[2])],
-            [13] * depths[3])
+    return ([3] * depths[0], [13] * depths[1], [13 if i % 2 == 0 else 3 for i in range(depths[2])], [13] * depths[3])
 
 
 class UniRepLKNet(nn.Module):
@@ -245,18 +260,22 @@ class UniRepLKNet(nn.Module):
         self.num_features = self.head_hidden_size = dims[-1]
 
         self.downsample_layers = nn.ModuleList()
-        self.downsample_layers.append(nn.Sequential(
-            nn.Conv2d(in_chans, dims[0] // 2, 3, stride=2, padding=1),
-            LayerNorm2d(dims[0] // 2, eps=1e-6),
-            nn.GELU(),
-            nn.Conv2d(dims[0] // 2, dims[0], 3, stride=2, padding=1),
-            LayerNorm2d(dims[0], eps=1e-6),
-        ))
+        self.downsample_layers.append(
+            nn.Sequential(
+                nn.Conv2d(in_chans, dims[0] // 2, 3, stride=2, padding=1),
+                LayerNorm2d(dims[0] // 2, eps=1e-6),
+                nn.GELU(),
+                nn.Conv2d(dims[0] // 2, dims[0], 3, stride=2, padding=1),
+                LayerNorm2d(dims[0], eps=1e-6),
+            )
+        )
         for i in range(3):
-            self.downsample_layers.append(nn.Sequential(
-                nn.Conv2d(dims[i], dims[i + 1], 3, stride=2, padding=1),
-                LayerNorm2d(dims[i + 1], eps=1e-6),
-            ))
+            self.downsample_layers.append(
+                nn.Sequential(
+                    nn.Conv2d(dims[i], dims[i + 1], 3, stride=2, padding=1),
+                    LayerNorm2d(dims[i + 1], eps=1e-6),
+                )
+            )
 
         n_blocks = sum(depths)
         dpr = [drop_path_rate * i / max(n_blocks - 1, 1) for i in range(n_blocks)]  # linear 0 -> rate
@@ -264,11 +283,20 @@ class UniRepLKNet(nn.Module):
         cur = 0
         self.feature_info = []
         for i in range(4):
-            self.stages.append(nn.Sequential(*[
-                UniRepLKNetBlock(dims[i], kernel_sizes[i][j], drop_path=dpr[cur + j],
-                                 layer_scale_init=layer_scale_init, ffn_factor=ffn_factor)
-                for j in range(depths[i])
-            ]))
+            self.stages.append(
+                nn.Sequential(
+                    *[
+                        UniRepLKNetBlock(
+                            dims[i],
+                            kernel_sizes[i][j],
+                            drop_path=dpr[cur + j],
+                            layer_scale_init=layer_scale_init,
+                            ffn_factor=ffn_factor,
+                        )
+                        for j in range(depths[i])
+                    ]
+                )
+            )
             cur += depths[i]
             self.feature_info.append(dict(num_chs=dims[i], reduction=2 ** (i + 2), module=f"stages.{i}"))
 
@@ -333,9 +361,19 @@ class UniRepLKNet(nn.Module):
 
 
 def _cfg(**kwargs):
-    return dict(url="", num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.875,
-                interpolation="bicubic", mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
-                first_conv="downsample_layers.0.0", classifier="head", **kwargs)
+    return dict(
+        url="",
+        num_classes=1000,
+        input_size=(3, 224, 224),
+        pool_size=(7, 7),
+        crop_pct=0.875,
+        interpolation="bicubic",
+        mean=IMAGENET_DEFAULT_MEAN,
+        std=IMAGENET_DEFAULT_STD,
+        first_conv="downsample_layers.0.0",
+        classifier="head",
+        **kwargs,
+    )
 
 
 default_cfgs = generate_default_cfgs({"unireplknet_tiny": _cfg()})

@@ -1,4 +1,5 @@
 """The shift-wise operator: tables, PyTorch formulations, CUDA dispatch and the SW layer."""
+
 from .functional import IMPLS, cross_kernels, resolve_impl, shift_wise_conv
 from .layer import ShiftWiseConv2d
 from .tables import make_shift_tables, num_slots, slot_offsets, split_channels

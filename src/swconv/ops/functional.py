@@ -134,14 +134,10 @@ def _shift(x, weight, perm_h, perm_v, identity_pick, big_kernel) -> Branches:
     before, after = max(0, -(offsets[0] + r)), max(0, offsets[-1] - r)
     per_slot_h = F.pad(group_sum(perm_h)[:, :, r : r + height, :], (before, after))
     per_slot_h = per_slot_h.view(batch, channels, n_slots, height, -1)
-    out_h = sum(
-        per_slot_h[:, :, s, :, d + r + before : d + r + before + width] for s, d in enumerate(offsets)
-    )
+    out_h = sum(per_slot_h[:, :, s, :, d + r + before : d + r + before + width] for s, d in enumerate(offsets))
     per_slot_v = F.pad(group_sum(perm_v)[:, :, :, r : r + width], (0, 0, before, after))
     per_slot_v = per_slot_v.view(batch, channels, n_slots, -1, width)
-    out_v = sum(
-        per_slot_v[:, :, s, d + r + before : d + r + before + height, :] for s, d in enumerate(offsets)
-    )
+    out_v = sum(per_slot_v[:, :, s, d + r + before : d + r + before + height, :] for s, d in enumerate(offsets))
     identity_rows = base.squeeze(-1) + identity_pick  # (n_rep, C)
     out_i = sum(z[:, identity_rows[g], r : r + height, r : r + width] for g in range(n_rep))
     return out_h, out_v, out_i

@@ -43,9 +43,7 @@ def long_axis_extent(big_kernel: int, small_kernel: int) -> tuple[int, int]:
     return -m, num_slots(big_kernel, small_kernel) * small_kernel - 1 - m
 
 
-def split_channels(
-    channels: int, ghost_ratio: float, variant: str = "v2"
-) -> tuple[torch.Tensor, torch.Tensor]:
+def split_channels(channels: int, ghost_ratio: float, variant: str = "v2") -> tuple[torch.Tensor, torch.Tensor]:
     """Sorted (rep, ghost) channel indices.
 
     v2: rep = floor(floor(C*(1-ratio)) / 2) * 2; v1: ghost = floor(C*ratio). Ghost channels are a
@@ -91,17 +89,12 @@ def make_shift_tables(
 
     def perms() -> torch.Tensor:
         return torch.stack(
-            [
-                torch.stack([torch.randperm(n_slots, generator=gen) for _ in range(rep_channels)])
-                for _ in range(n_rep)
-            ]
+            [torch.stack([torch.randperm(n_slots, generator=gen) for _ in range(rep_channels)]) for _ in range(n_rep)]
         )
 
     perm_h = perms()
     perm_v = perms()
-    identity_pick = torch.stack(
-        [torch.randint(0, n_slots, (rep_channels,), generator=gen) for _ in range(n_rep)]
-    )
+    identity_pick = torch.stack([torch.randint(0, n_slots, (rep_channels,), generator=gen) for _ in range(n_rep)])
     return perm_h, perm_v, identity_pick
 
 

@@ -10,6 +10,7 @@ Per step: ``weights *= masks`` with one ``torch._foreach_mul_`` (no host sync). 
 ``update_frequency`` real steps: one prune/regrow round (scores gathered to the host once),
 masks written into the ``kernel_mask`` buffers in place, a checksum all-reduced under DDP.
 """
+
 from __future__ import annotations
 
 import math
@@ -258,10 +259,10 @@ class SparsityCallback(Callback):
         owned = {id(p) for opt in trainer.optimizers for g in opt.param_groups for p in g["params"]}
         # layers trained by an optimizer are sparsified; the others (an EMA copy registered inside
         # the LightningModule, ...) are "shadows" that mirror the masks of their trained twin
-        self._layers = [(n, m) for n, m in found
-                        if all(id(c.weight) in owned and c.weight.requires_grad for c in m.paths)]
-        self._shadows = M.match_shadow_layers([(n, m) for n, m in found if (n, m) not in self._layers],
-                                              self._layers)
+        self._layers = [
+            (n, m) for n, m in found if all(id(c.weight) in owned and c.weight.requires_grad for c in m.paths)
+        ]
+        self._shadows = M.match_shadow_layers([(n, m) for n, m in found if (n, m) not in self._layers], self._layers)
         if not self._layers:
             raise RuntimeError("SparsityCallback: the model has no trained ShiftWiseConv2d layers to sparsify")
         first_w = self._layers[0][1].paths[0].weight
@@ -330,8 +331,12 @@ class SparsityCallback(Callback):
         from swconv.analysis.sparsity import format_table, write_report
 
         out = self.report_dir or os.path.join(trainer.default_root_dir, "sparsity")
-        meta = {"step": self.step, "round": self.round, "global_step": trainer.global_step,
-                "config": self.state_dict()["config"]}
+        meta = {
+            "step": self.step,
+            "round": self.round,
+            "global_step": trainer.global_step,
+            "config": self.state_dict()["config"],
+        }
         rep = write_report(pl_module.state_dict(), out, meta)
         rank_zero_info(format_table(rep) + f"\nsparsity report: {out}/sparsity_report.png")
         return out
@@ -370,9 +375,13 @@ class SparsityCallback(Callback):
             "n_skipped": self.n_skipped,
             "prune_rate_now": self.current_prune_rate() if self.total_steps else None,
             "config": {
-                "density": self.density, "init": self.init, "growth": self.growth,
-                "update_frequency": self.update_frequency, "sparse_gap": self.sparse_gap,
-                "prune_rate": self.prune_rate, "final_prune_rate": self.final_prune_rate,
+                "density": self.density,
+                "init": self.init,
+                "growth": self.growth,
+                "update_frequency": self.update_frequency,
+                "sparse_gap": self.sparse_gap,
+                "prune_rate": self.prune_rate,
+                "final_prune_rate": self.final_prune_rate,
                 "schedule": self.schedule_name,
             },
         }
@@ -455,7 +464,7 @@ class SparsityCallback(Callback):
             flat /= torch.distributed.get_world_size()
         out, o = [], 0
         for s in scores:
-            out.append(flat[o:o + s.numel()].view_as(s).cpu())
+            out.append(flat[o : o + s.numel()].view_as(s).cpu())
             o += s.numel()
         return out
 
@@ -499,8 +508,9 @@ class SparsityCallback(Callback):
     def _dense_grad_scores(self) -> list[list[Tensor]] | None:
         out = []
         for _, layer in self._masked():
-            out.append([M.kernel_grad_magnitude(p.weight.grad) if p.weight.grad is not None else None
-                        for p in layer.paths])
+            out.append(
+                [M.kernel_grad_magnitude(p.weight.grad) if p.weight.grad is not None else None for p in layer.paths]
+            )
         return out
 
     @torch.no_grad()
@@ -528,17 +538,18 @@ class SparsityCallback(Callback):
         if grad_scores is not None:
             gs = [g for per in grad_scores for g in per]
             sizes = [lay.kernel_mask.shape[1] for _, lay in layers for _ in lay.paths]
-            gcat = torch.cat([g if g is not None else torch.zeros_like(m)
-                              for g, m in zip(gs, torch.split(mags, sizes))]).cpu()
+            gcat = torch.cat(
+                [g if g is not None else torch.zeros_like(m) for g, m in zip(gs, torch.split(mags, sizes))]
+            ).cpu()
         host = torch.cat([mags, cur.to(mags.device)]).cpu()
-        mags_h, cur_h = host[: mags.numel()], host[mags.numel():]
+        mags_h, cur_h = host[: mags.numel()], host[mags.numel() :]
         report: dict[str, tuple[float, float]] = {}
         o_m = 0
         for name, layer in layers:
             n_path, n = layer.kernel_mask.shape
-            mk = cur_h[o_m: o_m + n_path * n].view(n_path, n) > 0
-            sc = mags_h[o_m: o_m + n_path * n].view(n_path, n)
-            gr = gcat[o_m: o_m + n_path * n].view(n_path, n) if grad_scores is not None else None
+            mk = cur_h[o_m : o_m + n_path * n].view(n_path, n) > 0
+            sc = mags_h[o_m : o_m + n_path * n].view(n_path, n)
+            gr = gcat[o_m : o_m + n_path * n].view(n_path, n) if grad_scores is not None else None
             o_m += n_path * n
             before = float(mk.float().mean())
             if sync:
@@ -558,8 +569,13 @@ class SparsityCallback(Callback):
             self._pending_log.update(self._density_metrics())
             self._pending_log["sparsity/prune_rate"] = rate
         if self.verbose:
-            rank_zero_info(self.format_table(report, title=f"sparsity round {self.round} (step {self.step}, "
-                                                           f"rate {rate:.4f}{', paths aligned' if sync else ''})"))
+            rank_zero_info(
+                self.format_table(
+                    report,
+                    title=f"sparsity round {self.round} (step {self.step}, "
+                    f"rate {rate:.4f}{', paths aligned' if sync else ''})",
+                )
+            )
         return report
 
     def _grow(self, mask: Tensor, removed: int, gen: torch.Generator, grad: Tensor | None) -> Tensor:
@@ -587,7 +603,8 @@ class SparsityCallback(Callback):
         if int(t[0]) != -int(t[1]) or int(t[2]) != -int(t[3]):
             raise SparsityMismatchError(
                 f"SparsityCallback ({where}): masks or step counters differ across ranks "
-                f"(checksum max {int(t[0])} min {-int(t[1])}, step max {int(t[2])} min {-int(t[3])})")
+                f"(checksum max {int(t[0])} min {-int(t[1])}, step max {int(t[2])} min {-int(t[3])})"
+            )
 
     # ------------------------------------------------------------------ reporting
     def layer_density(self) -> dict[str, float]:

@@ -6,6 +6,7 @@ Plain functions on tensors, no Lightning. Conventions:
 - all random choices take an explicit ``torch.Generator`` (CPU); nothing touches global RNG state;
 - ties are broken by index (stable sort), so identical inputs give identical masks on every rank.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,8 +36,9 @@ def find_sw_layers(model: nn.Module, include: str | None = None) -> list[tuple[s
     return out
 
 
-def match_shadow_layers(shadows: Sequence[tuple[str, nn.Module]], owners: Sequence[tuple[str, nn.Module]]
-                        ) -> list[tuple[nn.Module, nn.Module]]:
+def match_shadow_layers(
+    shadows: Sequence[tuple[str, nn.Module]], owners: Sequence[tuple[str, nn.Module]]
+) -> list[tuple[nn.Module, nn.Module]]:
     """Pair each shadow SW layer (e.g. ``ema.module.stages.0.blocks.1.conv``) with the trained layer
     sharing the longest dotted name suffix (``net.stages.0.blocks.1.conv``) and the same mask shape.
     Ambiguous or unmatched shadows are left out."""
@@ -105,8 +107,9 @@ def uniform_layer_densities(n_layers: int, density: float) -> list[float]:
     return [float(density)] * n_layers
 
 
-def erk_layer_densities(shapes: Sequence[Sequence[int]], counts: Sequence[int], density: float,
-                        power_scale: float = 1.0) -> list[float]:
+def erk_layer_densities(
+    shapes: Sequence[Sequence[int]], counts: Sequence[int], density: float, power_scale: float = 1.0
+) -> list[float]:
     """Erdos-Renyi-Kernel densities (RigL), dense layers capped at 1.
 
     ``shapes[i]`` = weight shape of one path of layer i (``(rep*nk, 1, k, k)``), ``counts[i]`` = number

@@ -5,6 +5,7 @@ optimizer steps and steps it once per optimizer step; the rate used at a round i
 ``t`` completed optimizer steps. The schedule here is a pure function of ``t`` so a resume only
 needs the step counter.
 """
+
 from __future__ import annotations
 
 import math
