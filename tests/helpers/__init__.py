@@ -1,0 +1,1 @@
+"""Test helpers (fixtures data writers, callbacks used through Hydra overrides)."""
