@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# One device session for the CUDA shift-wise op: GPU tests, op benchmark, a short Nsight Compute
+# profile of the stage-1 bf16 kernels. Writes logs / JSON to $OUT (default bench/results).
+# Usage (repo root, on a GPU machine):  bash bench/gpu_session.sh [--no-tests] [--no-bench] [--no-ncu]
+set -u
+OUT=${OUT:-bench/results}
+mkdir -p "$OUT"
+export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+TESTS=1; BENCH=1; NCU=1
+for a in "$@"; do case $a in --no-tests) TESTS=0;; --no-bench) BENCH=0;; --no-ncu) NCU=0;; esac; done
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader || true
+python3 -c "import torch, cupy; print('torch', torch.__version__, 'cupy', cupy.__version__, torch.cuda.get_device_name())"
+rc=0
+if [ $TESTS = 1 ]; then
+  t0=$(date +%s)
+  python3 -m pytest -q --maxfail=10 -p no:cacheprovider tests/test_kernels_compile.py tests/test_cuda_op.py \
+      -o addopts="" --junitxml="$OUT/gpu_tests.xml" > "$OUT/gpu_tests.log" 2>&1 || rc=1
+  tail -n 25 "$OUT/gpu_tests.log"; echo "tests took $(( $(date +%s) - t0 )) s (rc=$rc)"
+fi
+if [ $NCU = 1 ] && command -v ncu >/dev/null; then
+  timeout 150 ncu --kernel-name regex:swc_ --launch-skip 2 --launch-count 2 \
+      --section SpeedOfLight --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
+      python3 bench/op_profile.py > "$OUT/ncu_stage1_bf16.txt" 2>&1 || echo "ncu failed/timed out"
+  grep -E "swc_|Duration|Compute \(SM\) Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Dynamic Shared|Theoretical Occ|Block Limit" \
+      "$OUT/ncu_stage1_bf16.txt" | head -40
+fi
+if [ $BENCH = 1 ]; then
+  python3 bench/op_bench.py --out "$OUT" 2>&1 | tee "$OUT/op_bench.log" | tail -n 12 || rc=1
+fi
+exit $rc

@@ -1,0 +1,210 @@
+"""Shift-wise operator benchmark at the four SW-T stage shapes (GPU).
+
+    PYTHONPATH=src python bench/op_bench.py [--out DIR] [--quick]
+
+Times forward, backward and forward+backward of the CuPy kernels (swconv.ops.cuda) in bf16 and
+fp32 at densities 1.0 / 0.7 / 0.3, and in the same process: the cuDNN depthwise convolutions of
+the same extents (k x nk*k, nk*k x k, k x k), the reference-style decomposition (grouped conv to
+nk*C_rep channels + shift-add in PyTorch: impl="torch_shift") and the default PyTorch oracle
+(impl="torch_dense"). Medians of triton.testing.do_bench (BASELINES.md §5). Writes JSON to
+bench/results/ (and to --out) and prints a table with ratios last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from swconv.ops.functional import shift_wise_conv
+from swconv.ops.tables import make_shift_tables
+
+STAGES = [(60, 56, 51), (122, 28, 49), (246, 14, 47), (492, 7, 13)]  # (C_rep, H=W, K), SW-T
+B, K_SMALL, N_REP = 128, 3, 4
+DENSITIES = (1.0, 0.7, 0.3)
+H100_FP32_FLOPS = 67e12
+H100_BW = 3.0e12
+
+
+def bench(fn, warmup=25, rep=100):
+    import triton.testing as tt
+
+    return tt.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
+
+
+def versions():
+    v = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+         "cudnn": torch.backends.cudnn.version()}
+    for m in ("cupy", "triton", "numpy"):
+        try:
+            v[m] = __import__(m).__version__
+        except Exception as exc:  # noqa: BLE001
+            v[m] = f"missing ({type(exc).__name__})"
+    return v
+
+
+def fwd_bwd_timer(fn, inputs):
+    """(fwd ms, bwd ms, fwd+bwd ms) of fn(*inputs) -> tuple of outputs, grads wrt inputs."""
+    def f():
+        with torch.no_grad():
+            return fn(*inputs)
+
+    t_f = bench(f)
+    outs = fn(*inputs)
+    grads = [torch.randn_like(o) for o in outs]
+
+    def b():
+        return torch.autograd.grad(outs, inputs, grads, retain_graph=True)
+
+    t_b = bench(b)
+
+    def fb():
+        o = fn(*inputs)
+        return torch.autograd.grad(o, inputs, grads)
+
+    t_fb = bench(fb)
+    return t_f, t_b, t_fb
+
+
+def run(quick: bool):
+    from swconv.ops.cuda import shift_wise_conv_cuda
+
+    torch.backends.cudnn.benchmark = True
+    rows = []
+    dtypes = [torch.bfloat16, torch.float32]
+    for C, H, K in STAGES:
+        nk = math.ceil(K / K_SMALL)
+        ph, pv, ident = make_shift_tables(C, nk, N_REP)
+        ph, pv, ident = ph.cuda(), pv.cuda(), ident.cuda()
+        for dt in dtypes:
+            g = torch.Generator(device="cuda").manual_seed(0)
+            x = torch.randn(B, C, H, H, device="cuda", dtype=dt, generator=g).requires_grad_(True)
+            w = torch.randn(C * nk, 1, K_SMALL, K_SMALL, device="cuda", generator=g).requires_grad_(True)
+            npx = B * C * H * H
+            es = x.element_size()
+            row = {"C_rep": C, "H": H, "K": K, "k": K_SMALL, "nk": nk, "B": B, "N_rep": N_REP,
+                   "dtype": str(dt).replace("torch.", "")}
+            for d in DENSITIES:
+                active = torch.rand(C * nk, device="cuda", generator=g) < d if d < 1 else torch.ones(
+                    C * nk, dtype=torch.bool, device="cuda")
+                rho = active.float().mean().item()
+                tf, tb, tfb = fwd_bwd_timer(
+                    lambda xx, ww: shift_wise_conv_cuda(xx, ww, ph, pv, ident, K, active), (x, w))
+                flops_f = npx * rho * nk * (2 * K_SMALL * K_SMALL + 2 * N_REP + 1)
+                flops_b = npx * rho * nk * (4 * K_SMALL * K_SMALL + 2 * N_REP + 1)
+                row[f"ours_d{d}"] = {"density": rho, "fwd_ms": tf, "bwd_ms": tb, "fwdbwd_ms": tfb,
+                                     "fwd_TFLOPs": flops_f / tf / 1e9, "bwd_TFLOPs": flops_b / tb / 1e9,
+                                     "fwd_GBs": 4 * npx * es / tf / 1e6, "bwd_GBs": 5 * npx * es / tb / 1e6,
+                                     "fwd_frac_fp32_peak": flops_f / tf / 1e-3 / H100_FP32_FLOPS,
+                                     "fwd_frac_bw": 4 * npx * es / tf / 1e-3 / H100_BW}
+            from swconv.ops.cuda import kernel_info
+
+            row["kernel_info"] = kernel_info(tuple(x.shape), dt, nk, N_REP, K_SMALL, torch.cuda.current_device())
+            # A/B of the launch policy (tall strips of 8 rows, ~3136 px per block vs 4 rows, ~1568 px)
+            ab = {}
+            for minb in ("1", "0"):
+                os.environ["SWCONV_CUDA_TALL"] = minb
+                ab[minb] = dict(zip(("fwd_ms", "bwd_ms", "fwdbwd_ms"), fwd_bwd_timer(
+                    lambda xx, ww: shift_wise_conv_cuda(xx, ww, ph, pv, ident, K, None), (x, w))))
+                ab[minb]["info"] = kernel_info(tuple(x.shape), dt, nk, N_REP, K_SMALL, torch.cuda.current_device())
+            os.environ.pop("SWCONV_CUDA_TALL")
+            row["tall_ab"] = ab
+            # GPU-only forward time: replay a captured CUDA graph (no Python / launch overhead)
+            try:
+                xs = x.detach()
+                static = shift_wise_conv_cuda(xs, w.detach(), ph, pv, ident, K, None)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    static = shift_wise_conv_cuda(xs, w.detach(), ph, pv, ident, K, None)
+                row["ours_fwd_graph_ms"] = bench(graph.replay)
+                del graph, static
+            except Exception as exc:  # noqa: BLE001
+                row["ours_fwd_graph_ms"] = f"failed: {type(exc).__name__}: {exc}"
+            # cuDNN depthwise of the same extents
+            L = nk * K_SMALL
+            wh = torch.randn(C, 1, K_SMALL, L, device="cuda", dtype=dt, requires_grad=True)
+            wv = torch.randn(C, 1, L, K_SMALL, device="cuda", dtype=dt, requires_grad=True)
+            wi = torch.randn(C, 1, K_SMALL, K_SMALL, device="cuda", dtype=dt, requires_grad=True)
+            r = K_SMALL // 2
+
+            def cudnn3(xx, a, b_, c_):
+                return (F.conv2d(xx, a, padding=(r, L // 2), groups=C), F.conv2d(xx, b_, padding=(L // 2, r), groups=C),
+                        F.conv2d(xx, c_, padding=r, groups=C))
+
+            tf, tb, tfb = fwd_bwd_timer(cudnn3, (x, wh, wv, wi))
+            row["cudnn_dw"] = {"fwd_ms": tf, "bwd_ms": tb, "fwdbwd_ms": tfb}
+            for name, impl in (("ref_style", "torch_shift"), ("oracle", "torch_dense")):
+                if quick and name == "oracle":
+                    continue
+                try:
+                    tf, tb, tfb = fwd_bwd_timer(
+                        lambda xx, ww, impl=impl: shift_wise_conv(xx, ww.to(xx.dtype), ph, pv, ident, K, None, impl=impl),  # noqa: E501
+                        (x, w))
+                    row[name] = {"fwd_ms": tf, "bwd_ms": tb, "fwdbwd_ms": tfb}
+                except torch.OutOfMemoryError:
+                    row[name] = {"error": "OOM"}
+                torch.cuda.empty_cache()
+            o = row["ours_d1.0"]
+            row["ratio_fwdbwd_vs_cudnn"] = row["cudnn_dw"]["fwdbwd_ms"] / o["fwdbwd_ms"]
+            row["ratio_fwd_vs_cudnn"] = row["cudnn_dw"]["fwd_ms"] / o["fwd_ms"]
+            if "fwdbwd_ms" in row.get("ref_style", {}):
+                row["ratio_fwdbwd_vs_ref_style"] = row["ref_style"]["fwdbwd_ms"] / o["fwdbwd_ms"]
+            row["density0.3_over_dense_fwdbwd"] = row["ours_d0.3"]["fwdbwd_ms"] / o["fwdbwd_ms"]
+            row["density0.3_over_dense_fwd"] = row["ours_d0.3"]["fwd_ms"] / o["fwd_ms"]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            del x, w
+            torch.cuda.empty_cache()
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.environ.get("OUT"))
+    ap.add_argument("--quick", action="store_true", help="skip the PyTorch oracle timings")
+    args = ap.parse_args()
+    t0 = time.time()
+    rows = run(args.quick)
+    res = {"device": torch.cuda.get_device_name(), "versions": versions(),
+           "command": ("PYTHONPATH=src python bench/op_bench.py" + (" --quick" if args.quick else "")
+                       + (" --out $OUT" if args.out else "")),
+           "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+           "protocol": "triton.testing.do_bench median, warmup 25 ms, rep 100 ms, cudnn.benchmark on",
+           "floors": {"fp32_cuda_core_flops": H100_FP32_FLOPS, "copy_bw": H100_BW}, "rows": rows,
+           "wall_s": time.time() - t0}
+    name = "op_bench_" + torch.cuda.get_device_name().replace(" ", "_") + ".json"
+    paths = [Path(__file__).resolve().parent / "results" / name]
+    if args.out:
+        paths.append(Path(args.out) / name)
+    for p in paths:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(res, indent=1))
+    print()
+    hdr = (f"{'stage':>14} {'dtype':>8} | {'ours f/b/fb ms':>20} | {'cuDNN fb':>8} {'x':>5} | {'refsty fb':>9} {'x':>5}"
+           f" | {'oracle fb':>9} | d0.7 d0.3 (fb/dense) | fwd TF/s GB/s | regs f/b")
+    print(hdr)
+    for r in rows:
+        o = r["ours_d1.0"]
+        rs = r.get("ref_style", {}).get("fwdbwd_ms", float("nan"))
+        orc = r.get("oracle", {}).get("fwdbwd_ms", float("nan"))
+        print(f"{r['C_rep']:>4}@{r['H']:>2} K{r['K']:>2} {r['dtype']:>8} | {o['fwd_ms']:6.3f} {o['bwd_ms']:6.3f} {o['fwdbwd_ms']:6.3f}"  # noqa: E501
+              f" | {r['cudnn_dw']['fwdbwd_ms']:8.3f} {r['ratio_fwdbwd_vs_cudnn']:5.1f} | {rs:9.3f}"
+              f" {r.get('ratio_fwdbwd_vs_ref_style', float('nan')):5.1f} | {orc:9.3f} |"
+              f" {r['ours_d0.7']['fwdbwd_ms'] / o['fwdbwd_ms']:.2f} {r['density0.3_over_dense_fwdbwd']:.2f}"
+              f" | {o['fwd_TFLOPs']:.1f} {o['fwd_GBs']:.0f}"
+              f" | {r['kernel_info']['fwd']['regs']}/{r['kernel_info']['bwd']['regs']}"
+              f" lmem {r['kernel_info']['fwd']['local_bytes']}/{r['kernel_info']['bwd']['local_bytes']}"
+              f" | tall f/b {r['tall_ab']['1']['fwd_ms']:.3f}/{r['tall_ab']['1']['bwd_ms']:.3f}"
+              f" short {r['tall_ab']['0']['fwd_ms']:.3f}/{r['tall_ab']['0']['bwd_ms']:.3f}"
+              f" | fwd graph {r['ours_fwd_graph_ms'] if isinstance(r['ours_fwd_graph_ms'], str) else round(r['ours_fwd_graph_ms'], 3)}")  # noqa: E501
+
+
+if __name__ == "__main__":
+    main()

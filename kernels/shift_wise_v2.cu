@@ -1,0 +1,438 @@
+// Shift-wise operator (SPEC §1.6), fused forward and backward, register-strip version (v2).
+// Compiled at run time by NVRTC through cupy.RawModule (src/swconv/ops/cuda.py). Index math,
+// launch layout and the determinism argument: kernels/README.md.
+//
+// Compile-time parameters (-D):
+//   DT   storage dtype: 0 float32, 1 float16, 2 bfloat16, 3 float64 (fp64 accumulation; else fp32)
+//   KS   small kernel size k (odd)
+//   PPT  rows per thread strip (a thread owns PPT vertically adjacent pixels of one column)
+//   ZP   row pitch (elements) of the staged Z / gradient planes, >= W + 2*(KS/2)
+//   LB   __launch_bounds__ maximum threads per block; MINB minimum resident blocks
+// Header-free: half / bfloat16 conversions are written out (NVRTC needs no include path).
+
+#ifndef DT
+#define DT 0
+#endif
+#ifndef KS
+#define KS 3
+#endif
+#ifndef PPT
+#define PPT 8
+#endif
+#ifndef ZP
+#define ZP 64
+#endif
+#ifndef LB
+#define LB 512
+#endif
+#ifndef MINB
+#define MINB 1
+#endif
+
+#define RS (KS / 2)
+#define KK (KS * KS)
+#define XP (ZP + 2 * RS)   // row pitch of the staged input planes
+#define WR (PPT + KS - 1)  // rows of a register window
+
+#if DT == 3
+typedef double acc_t;
+typedef double io_t;
+__device__ __forceinline__ acc_t ld_io(const io_t* p, long long i) { return p[i]; }
+__device__ __forceinline__ void st_io(io_t* p, long long i, acc_t v) { p[i] = v; }
+#elif DT == 0
+typedef float acc_t;
+typedef float io_t;
+__device__ __forceinline__ acc_t ld_io(const io_t* p, long long i) { return p[i]; }
+__device__ __forceinline__ void st_io(io_t* p, long long i, acc_t v) { p[i] = v; }
+#elif DT == 1
+typedef float acc_t;
+typedef unsigned short io_t;
+__device__ __forceinline__ acc_t ld_io(const io_t* p, long long i) {
+    unsigned short h = p[i];
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+__device__ __forceinline__ void st_io(io_t* p, long long i, acc_t v) {
+    unsigned short h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
+    p[i] = h;
+}
+#elif DT == 2
+typedef float acc_t;
+typedef unsigned short io_t;
+__device__ __forceinline__ acc_t ld_io(const io_t* p, long long i) {
+    return __uint_as_float(((unsigned int)p[i]) << 16);
+}
+__device__ __forceinline__ void st_io(io_t* p, long long i, acc_t v) {
+    unsigned int u = __float_as_uint(v);
+    unsigned short h;
+    if ((u & 0x7fffffffu) > 0x7f800000u) {
+        h = (unsigned short)((u >> 16) | 0x0040u);  // quiet NaN, sign kept
+    } else {
+        h = (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);  // round to nearest even
+    }
+    p[i] = h;
+}
+#else
+#error "DT must be 0 (f32), 1 (f16), 2 (bf16) or 3 (f64)"
+#endif
+
+// Geometry shared by both kernels (runtime, per launch):
+//   EH = H + 2RS, EW = W + 2RS        full support of a response Z_j ("ext" domain)
+//   NHB = ceil(H / PPT)               output strips per column
+//   NZB = ceil(EH / PPT)              ext strips per column
+//   ZR  = rows of a staged Z plane    = max(NZB*PPT, NHB*PPT + 2RS); ext row eh at row eh
+//   XR  = ZR + 2RS rows of a staged x plane; x plane row y = image row y - 2RS, col = image col - 2RS
+// Z plane element (eh, ew) sits at eh*ZP + ew.
+
+// Warp 0 compacts the active kernels of channel c (ballot + popc: one coalesced load, ascending
+// order, deterministic). Other warps go on staging planes meanwhile; callers sync before use.
+__device__ __forceinline__ void compact_active(int c, int nk, const unsigned char* __restrict__ active, int* s_list,
+                                               int* s_n) {
+    const int tid = threadIdx.x;
+    if (tid < 32) {
+        int n = 0;
+        for (int base = 0; base < nk; base += 32) {
+            const int j = base + tid;
+            const bool a = j < nk && active[c * nk + j];
+            const unsigned int m = __ballot_sync(0xffffffffu, a);
+            if (a) s_list[n + __popc(m & ((1u << tid) - 1u))] = j;
+            n += __popc(m);
+        }
+        if (tid == 0) *s_n = n;
+    }
+}
+
+// Stages weights and offset tables of the n compacted kernels (after a barrier following
+// compact_active); callers sync before use.
+__device__ __forceinline__ void stage_tables(int c, int nk, int nrep, int n, const acc_t* __restrict__ w,
+                                             const int* __restrict__ offh, const int* __restrict__ offv,
+                                             const int* __restrict__ idc, acc_t* s_w, int* s_oh, int* s_ov,
+                                             int* s_id, const int* s_list) {
+    const int tid = threadIdx.x, NT = blockDim.x;
+    for (int t = tid; t < n * KK; t += NT) {
+        const int i = t / KK, e = t - i * KK;
+        s_w[t] = w[(long long)(c * nk + s_list[i]) * KK + e];
+    }
+    for (int t = tid; t < n * nrep; t += NT) {
+        const int i = t / nrep, g = t - i * nrep;
+        const long long src = (long long)(c * nk + s_list[i]) * nrep + g;
+        s_oh[t] = offh[src];
+        s_ov[t] = offv[src];
+    }
+    for (int t = tid; t < n; t += NT) s_id[t] = idc[c * nk + s_list[t]];
+}
+
+// Stages P planes of channel c into shared memory as rows of pitch `pitch` with `rows` rows; staged
+// element (row, col) = plane[row - off][col - off] inside the image, else 0. One warp per row, so
+// no per-element integer division (these loops are the per-block fixed cost).
+__device__ __forceinline__ void stage_planes(const io_t* __restrict__ src, acc_t* dst, int b0, int np, int P, int C,
+                                             int c, int H, int W, int rows, int pitch, int off) {
+    const int lane = threadIdx.x & 31, NWARP = blockDim.x >> 5;
+    for (int pr = threadIdx.x >> 5; pr < P * rows; pr += NWARP) {
+        const int p = pr / rows, row = pr - p * rows;
+        const int yy = row - off;
+        const bool rin = p < np && yy >= 0 && yy < H;
+        const io_t* sp = src + ((long long)(b0 + p) * C + c) * H * W + (long long)yy * W - off;
+        acc_t* dp = dst + (long long)pr * pitch;
+        for (int col = lane; col < pitch; col += 32) {
+            const int xx = col - off;
+            acc_t v = 0;
+            if (rin && xx >= 0 && xx < W) v = ld_io(sp, col);
+            dp[col] = v;
+        }
+    }
+}
+
+__device__ __forceinline__ void stage_x(const io_t* __restrict__ x, acc_t* s_x, int b0, int np, int P, int C, int c,
+                                        int H, int W, int XR) {
+    stage_planes(x, s_x, b0, np, P, C, c, H, W, XR, XP, 2 * RS);
+}
+
+extern "C" __global__ void __launch_bounds__(LB, MINB)
+swc_fwd(const io_t* __restrict__ x, const acc_t* __restrict__ w, const int* __restrict__ offh,
+        const int* __restrict__ offv, const int* __restrict__ idc, const unsigned char* __restrict__ active,
+        io_t* __restrict__ out_h, io_t* __restrict__ out_v, io_t* __restrict__ out_i, int B, int C, int H, int W,
+        int nk, int nrep, int P, int CH, int ZR) {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    __shared__ int s_n;
+    const int c = blockIdx.x, b0 = blockIdx.y * P;
+    const int np = min(P, B - b0);
+    const int EH = H + 2 * RS, EW = W + 2 * RS;
+    const int NHB = (H + PPT - 1) / PPT, NZB = (EH + PPT - 1) / PPT;
+    const int XR = ZR + 2 * RS, XPL = XR * XP, ZPL = ZR * ZP, PZ = P * ZPL;
+    const int tid = threadIdx.x, NT = blockDim.x;
+
+    acc_t* s_w = (acc_t*)smem_raw;
+    acc_t* s_x = s_w + nk * KK;
+    acc_t* s_z = s_x + P * XPL;
+    int* s_oh = (int*)(s_z + CH * PZ);
+    int* s_ov = s_oh + nk * nrep;
+    int* s_id = s_ov + nk * nrep;
+    int* s_list = s_id + nk;
+
+    compact_active(c, nk, active, s_list, &s_n);
+    stage_x(x, s_x, b0, np, P, C, c, H, W, XR);
+    __syncthreads();
+    const int n = s_n;
+    stage_tables(c, nk, nrep, n, w, offh, offv, idc, s_w, s_oh, s_ov, s_id, s_list);
+
+    // output strip owned by this thread: plane op, column ow, rows oh0 .. oh0+PPT-1
+    const int nOseg = np * W * NHB;
+    const bool own = tid < nOseg;
+    int op = 0, ow = 0, oh0 = 0;
+    if (own) {
+        op = tid / (W * NHB);
+        const int rem = tid - op * W * NHB;
+        oh0 = (rem / W) * PPT;
+        ow = rem - (rem / W) * W;
+    }
+    const int obase = op * ZPL + (oh0 + RS) * ZP + ow + RS;
+    acc_t aH[PPT], aV[PPT], aI[PPT];
+#pragma unroll
+    for (int i = 0; i < PPT; ++i) { aH[i] = 0; aV[i] = 0; aI[i] = 0; }
+    const int nZseg = P * EW * NZB;
+    __syncthreads();
+
+    for (int c0 = 0; c0 < n; c0 += CH) {
+        const int cn = min(CH, n - c0);
+        // 1. responses Z_j of the chunk: thread strip of PPT ext rows in one ext column
+        for (int seg = tid; seg < nZseg; seg += NT) {
+            const int p = seg / (EW * NZB);
+            const int rem = seg - p * EW * NZB;
+            const int eh0 = (rem / EW) * PPT, ew = rem - (rem / EW) * EW;
+            const acc_t* xp = s_x + p * XPL + eh0 * XP + ew;
+            acc_t xv[WR][KS];
+#pragma unroll
+            for (int a = 0; a < WR; ++a)
+#pragma unroll
+                for (int bb = 0; bb < KS; ++bb) xv[a][bb] = xp[a * XP + bb];
+            acc_t* zp = s_z + p * ZPL + eh0 * ZP + ew;
+            for (int jj = 0; jj < cn; ++jj) {
+                const acc_t* wp = s_w + (c0 + jj) * KK;
+                acc_t wr[KK];
+#pragma unroll
+                for (int q = 0; q < KK; ++q) wr[q] = wp[q];
+#pragma unroll
+                for (int i = 0; i < PPT; ++i) {
+                    acc_t z = 0;
+#pragma unroll
+                    for (int a = 0; a < KS; ++a)
+#pragma unroll
+                        for (int bb = 0; bb < KS; ++bb) z += wr[a * KS + bb] * xv[i + a][bb];
+                    zp[jj * PZ + i * ZP] = z;
+                }
+            }
+        }
+        __syncthreads();
+        // 2. gather into the owned strip (fixed order: kernel, group)
+        if (own) {
+            for (int jj = 0; jj < cn; ++jj) {
+                const int gi = c0 + jj;
+                const acc_t* zj = s_z + jj * PZ + obase;
+                for (int g = 0; g < nrep; ++g) {
+                    const int dh = s_oh[gi * nrep + g], dv = s_ov[gi * nrep + g];
+                    const int col = ow + dh;
+                    if (col >= -RS && col < W + RS) {  // uniform over the strip
+                        const acc_t* zp = zj + dh;
+#pragma unroll
+                        for (int i = 0; i < PPT; ++i) aH[i] += zp[i * ZP];
+                    }
+                    const acc_t* zq = zj + dv * ZP;
+                    if (oh0 + dv >= -RS && oh0 + PPT - 1 + dv < H + RS) {
+#pragma unroll
+                        for (int i = 0; i < PPT; ++i) aV[i] += zq[i * ZP];
+                    } else {
+#pragma unroll
+                        for (int i = 0; i < PPT; ++i) {
+                            const int row = oh0 + i + dv;
+                            if (row >= -RS && row < H + RS) aV[i] += zq[i * ZP];
+                        }
+                    }
+                }
+                const int ic = s_id[gi];
+                if (ic) {
+                    const acc_t fic = (acc_t)ic;
+#pragma unroll
+                    for (int i = 0; i < PPT; ++i) aI[i] += fic * zj[i * ZP];
+                }
+            }
+        }
+        __syncthreads();
+    }
+
+    if (own) {
+        const long long o0 = ((long long)(b0 + op) * C + c) * H * W + ow;
+#pragma unroll
+        for (int i = 0; i < PPT; ++i) {
+            const int h = oh0 + i;
+            if (h < H) {
+                st_io(out_h, o0 + (long long)h * W, aH[i]);
+                st_io(out_v, o0 + (long long)h * W, aV[i]);
+                st_io(out_i, o0 + (long long)h * W, aI[i]);
+            }
+        }
+    }
+}
+
+// Backward: grad_x (written once per element) and per-block weight-gradient partials
+// gw_part (gridDim.y, C, nk, KK), reduced in a fixed order (warp butterfly, then warps in order);
+// the caller zero-fills gw_part and sums it over dim 0.
+extern "C" __global__ void __launch_bounds__(LB, MINB)
+swc_bwd(const io_t* __restrict__ x, const io_t* __restrict__ g_h, const io_t* __restrict__ g_v,
+        const io_t* __restrict__ g_i, const acc_t* __restrict__ w, const int* __restrict__ offh,
+        const int* __restrict__ offv, const int* __restrict__ idc, const unsigned char* __restrict__ active,
+        io_t* __restrict__ grad_x, acc_t* __restrict__ gw_part, int B, int C, int H, int W, int nk, int nrep, int P,
+        int CH, int ZR) {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    __shared__ int s_n;
+    const int c = blockIdx.x, b0 = blockIdx.y * P;
+    const int np = min(P, B - b0);
+    const int EH = H + 2 * RS, EW = W + 2 * RS;
+    const int NHB = (H + PPT - 1) / PPT, NZB = (EH + PPT - 1) / PPT;
+    const int XR = ZR + 2 * RS, XPL = XR * XP, ZPL = ZR * ZP, PZ = P * ZPL, HW = H * W;
+    const int tid = threadIdx.x, NT = blockDim.x, NWARP = NT >> 5, lane = tid & 31, warp = tid >> 5;
+
+    acc_t* s_w = (acc_t*)smem_raw;
+    acc_t* s_x = s_w + nk * KK;
+    acc_t* s_g = s_x + P * XPL;        // [3][P][ZR][ZP] grads of out_h/out_v/out_i in ext coordinates
+    acc_t* s_z = s_g + 3 * PZ;         // [CH][P][ZR][ZP] grad of Z_j
+    acc_t* s_red = s_z + CH * PZ;      // [CH][NWARP][KK]
+    int* s_oh = (int*)(s_red + CH * NWARP * KK);
+    int* s_ov = s_oh + nk * nrep;
+    int* s_id = s_ov + nk * nrep;
+    int* s_list = s_id + nk;
+
+    compact_active(c, nk, active, s_list, &s_n);
+    stage_x(x, s_x, b0, np, P, C, c, H, W, XR);
+    stage_planes(g_h, s_g, b0, np, P, C, c, H, W, ZR, ZP, RS);
+    stage_planes(g_v, s_g + PZ, b0, np, P, C, c, H, W, ZR, ZP, RS);
+    stage_planes(g_i, s_g + 2 * PZ, b0, np, P, C, c, H, W, ZR, ZP, RS);
+    __syncthreads();
+    const int n = s_n;
+    stage_tables(c, nk, nrep, n, w, offh, offv, idc, s_w, s_oh, s_ov, s_id, s_list);
+
+    const int nOseg = np * W * NHB;
+    const bool own = tid < nOseg;
+    int op = 0, ow = 0, oh0 = 0;
+    if (own) {
+        op = tid / (W * NHB);
+        const int rem = tid - op * W * NHB;
+        oh0 = (rem / W) * PPT;
+        ow = rem - (rem / W) * W;
+    }
+    acc_t ax[PPT];
+#pragma unroll
+    for (int i = 0; i < PPT; ++i) ax[i] = 0;
+    const int nZseg = P * EW * NZB;
+    __syncthreads();
+
+    for (int c0 = 0; c0 < n; c0 += CH) {
+        const int cn = min(CH, n - c0);
+        acc_t gw[KK];
+        // 1. grad Z_j on the ext domain (transpose of the forward gather) + weight-grad partials.
+        //    Thread strip: PPT ext rows (eh0..) of one ext column ew.
+        for (int jj = 0; jj < cn; ++jj) {
+            const int gi = c0 + jj;
+            const int ic = s_id[gi];
+#pragma unroll
+            for (int q = 0; q < KK; ++q) gw[q] = 0;
+            for (int seg = tid; seg < nZseg; seg += NT) {
+                const int p = seg / (EW * NZB);
+                const int rem = seg - p * EW * NZB;
+                const int eh0 = (rem / EW) * PPT, ew = rem - (rem / EW) * EW;
+                const int base = p * ZPL + eh0 * ZP + ew;
+                const acc_t* gH = s_g + base;
+                const acc_t* gV = gH + PZ;
+                const acc_t* gI = gV + PZ;
+                acc_t v[PPT];
+#pragma unroll
+                for (int i = 0; i < PPT; ++i) v[i] = 0;
+                for (int g = 0; g < nrep; ++g) {
+                    const int dh = s_oh[gi * nrep + g], dv = s_ov[gi * nrep + g];
+                    const int col = ew - dh;  // ext column of the grad pixel
+                    if (col >= RS && col < W + RS) {
+#pragma unroll
+                        for (int i = 0; i < PPT; ++i) v[i] += gH[i * ZP - dh];
+                    }
+                    const acc_t* gq = gV - dv * ZP;
+                    if (eh0 - dv >= 0 && eh0 + PPT - 1 - dv < ZR) {
+#pragma unroll
+                        for (int i = 0; i < PPT; ++i) v[i] += gq[i * ZP];
+                    } else {
+#pragma unroll
+                        for (int i = 0; i < PPT; ++i) {
+                            const int row = eh0 + i - dv;
+                            if (row >= 0 && row < ZR) v[i] += gq[i * ZP];
+                        }
+                    }
+                }
+                if (ic) {
+                    const acc_t fic = (acc_t)ic;
+#pragma unroll
+                    for (int i = 0; i < PPT; ++i) v[i] += fic * gI[i * ZP];
+                }
+#pragma unroll
+                for (int i = 0; i < PPT; ++i) {
+                    if (eh0 + i >= EH) v[i] = 0;
+                    s_z[jj * PZ + base + i * ZP] = v[i];
+                }
+                const acc_t* xp = s_x + p * XPL + eh0 * XP + ew;
+#pragma unroll
+                for (int bb = 0; bb < KS; ++bb) {
+                    acc_t xc[WR];
+#pragma unroll
+                    for (int a = 0; a < WR; ++a) xc[a] = xp[a * XP + bb];
+#pragma unroll
+                    for (int a = 0; a < KS; ++a)
+#pragma unroll
+                        for (int i = 0; i < PPT; ++i) gw[a * KS + bb] += v[i] * xc[i + a];
+                }
+            }
+#pragma unroll
+            for (int q = 0; q < KK; ++q) {
+                acc_t s = gw[q];
+#pragma unroll
+                for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+                if (lane == 0) s_red[(jj * NWARP + warp) * KK + q] = s;
+            }
+        }
+        __syncthreads();
+        // 2. weight-grad partial of this block: fixed-order sum over warps
+        for (int t = tid; t < cn * KK; t += NT) {
+            const int jj = t / KK, q = t - jj * KK;
+            acc_t s = 0;
+            for (int wi = 0; wi < NWARP; ++wi) s += s_red[(jj * NWARP + wi) * KK + q];
+            gw_part[((long long)blockIdx.y * C + c) * nk * KK + (long long)s_list[c0 + jj] * KK + q] = s;
+        }
+        // 3. grad_x of the owned strip: full correlation of grad Z_j with W_j
+        if (own) {
+            for (int jj = 0; jj < cn; ++jj) {
+                const acc_t* wp = s_w + (c0 + jj) * KK;
+                const acc_t* zp = s_z + jj * PZ + op * ZPL + oh0 * ZP + ow;  // window rows oh0.., cols ow..
+#pragma unroll
+                for (int bb = 0; bb < KS; ++bb) {
+                    acc_t zc[WR];
+#pragma unroll
+                    for (int a = 0; a < WR; ++a) zc[a] = zp[a * ZP + bb];
+#pragma unroll
+                    for (int a = 0; a < KS; ++a) {
+                        // ext row of tap (a, bb) for pixel i: oh0 + i + 2RS - a; col ow + 2RS - bb
+                        const acc_t wv = wp[(KS - 1 - a) * KS + (KS - 1 - bb)];
+#pragma unroll
+                        for (int i = 0; i < PPT; ++i) ax[i] += wv * zc[i + a];
+                    }
+                }
+            }
+        }
+        __syncthreads();
+    }
+
+    if (own) {
+        const long long o0 = ((long long)(b0 + op) * C + c) * HW + ow;
+#pragma unroll
+        for (int i = 0; i < PPT; ++i)
+            if (oh0 + i < H) st_io(grad_x, o0 + (long long)(oh0 + i) * W, ax[i]);
+    }
+}
