@@ -129,6 +129,19 @@ __device__ __forceinline__ void stage_tables(int c, int nk, int nrep, int n, con
 // no per-element integer division (these loops are the per-block fixed cost).
 __device__ __forceinline__ void stage_planes(const io_t* __restrict__ src, acc_t* dst, int b0, int np, int P, int C,
                                              int c, int H, int W, int rows, int pitch, int off) {
+    if (pitch < 32) {  // narrow planes (7x7 maps): a warp per row would leave most lanes idle
+        const int n = P * rows * pitch;
+        for (int i = threadIdx.x; i < n; i += blockDim.x) {
+            const int pr = i / pitch, col = i - pr * pitch;
+            const int p = pr / rows, row = pr - p * rows;
+            const int yy = row - off, xx = col - off;
+            acc_t v = 0;
+            if (p < np && yy >= 0 && yy < H && xx >= 0 && xx < W)
+                v = ld_io(src + ((long long)(b0 + p) * C + c) * H * W + (long long)yy * W, xx);
+            dst[i] = v;
+        }
+        return;
+    }
     const int lane = threadIdx.x & 31, NWARP = blockDim.x >> 5;
     for (int pr = threadIdx.x >> 5; pr < P * rows; pr += NWARP) {
         const int p = pr / rows, row = pr - p * rows;
