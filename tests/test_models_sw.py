@@ -7,7 +7,7 @@ import timm
 import torch
 
 import swconv  # noqa: F401  (registers the models)
-from swconv.models import shiftwise_v1, shiftwise_v2
+from swconv.models import layers
 from swconv.models.shiftwise_v1 import ShiftWiseV1
 from swconv.models.shiftwise_v2 import ShiftWiseV2
 from swconv.ops import ShiftWiseConv2d
@@ -28,8 +28,7 @@ def build_uninitialised(name: str, **kwargs) -> torch.nn.Module:
     """Full-size model without weight init (10x faster on CPU): for shape / count checks only."""
     noop = lambda *args, **kw: None  # noqa: E731
     with (
-        mock.patch.object(shiftwise_v1, "init_weights", noop),
-        mock.patch.object(shiftwise_v2, "init_weights", noop),
+        mock.patch.object(layers, "init_weights", noop),
         mock.patch.object(torch.nn.init, "kaiming_uniform_", noop),
         mock.patch.object(torch.nn.init, "uniform_", noop),
     ):

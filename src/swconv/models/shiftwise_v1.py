@@ -17,14 +17,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._manipulate import checkpoint_seq
+from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
 from swconv.ops import ShiftWiseConv2d
 
-from .layers import DropPath, LayerNorm2d, ShiftWiseNetMixin, drop_path_rates, init_weights
+from .layers import DropPath, LayerNorm2d, ShiftWiseNetMixin, Stage, create_sw_model, default_cfg
 
 __all__ = ["ShiftWiseV1", "ShiftWiseV1Block", "ShiftWiseV1Stage"]
 
@@ -78,26 +76,18 @@ class ShiftWiseV1Block(nn.Module):
         return shortcut + self.drop_path(x.permute(0, 3, 1, 2))
 
 
-class ShiftWiseV1Stage(nn.Module):
+class ShiftWiseV1Stage(Stage):
     """Optional downsample (channels-first LN + conv2x2 s2) followed by ``depth`` blocks."""
 
     def __init__(
         self, in_dim: int, dim: int, depth: int, downsample: bool, drop_paths: Sequence[float], **block_kw
     ) -> None:
-        super().__init__()
         if downsample:
-            self.downsample = nn.Sequential(LayerNorm2d(in_dim, eps=1e-6), nn.Conv2d(in_dim, dim, 2, stride=2))
+            down = nn.Sequential(LayerNorm2d(in_dim, eps=1e-6), nn.Conv2d(in_dim, dim, 2, stride=2))
         else:
-            self.downsample = nn.Identity()
-        self.blocks = nn.Sequential(*[ShiftWiseV1Block(dim, drop_path=dp, **block_kw) for dp in drop_paths])
+            down = nn.Identity()
+        super().__init__(down, [ShiftWiseV1Block(dim, drop_path=dp, **block_kw) for dp in drop_paths])
         assert len(self.blocks) == depth
-        self.grad_checkpointing = False
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, x)
-        return self.blocks(x)
 
 
 class ShiftWiseV1(ShiftWiseNetMixin, nn.Module):
@@ -123,76 +113,25 @@ class ShiftWiseV1(ShiftWiseNetMixin, nn.Module):
         impl: str = "auto",
     ) -> None:
         super().__init__()
-        depths, dims, kernel_sizes = tuple(depths), tuple(dims), tuple(kernel_sizes)
-        if len(depths) != len(dims):
-            raise ValueError(f"depths {depths} and dims {dims} must have the same length")
-        if len(kernel_sizes) != len(depths) + 1:
-            raise ValueError(
-                f"kernel_sizes must hold one big kernel per stage plus the small kernel "
-                f"({len(depths) + 1} values), got {kernel_sizes}"
-            )
-        if global_pool != "avg":
-            raise ValueError(f"only global_pool='avg' is supported, got {global_pool!r}")
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.depths, self.dims, self.kernel_sizes = depths, dims, kernel_sizes
-        self.num_features = self.head_hidden_size = dims[-1]
-        self.global_pool = global_pool
-        self.drop_rate = drop_rate
+        self._init_config(in_chans, num_classes, depths, dims, kernel_sizes, global_pool, drop_rate)
 
-        self.stem = nn.Sequential(nn.Conv2d(in_chans, dims[0], 4, stride=4), LayerNorm2d(dims[0], eps=1e-6))
-        dprs = drop_path_rates(depths, drop_path_rate)
-        stages, self.feature_info = [], []
-        for i, (depth, dim) in enumerate(zip(depths, dims)):
-            stages.append(
-                ShiftWiseV1Stage(
-                    dims[i - 1] if i else dim,
-                    dim,
-                    depth,
-                    downsample=i > 0,
-                    drop_paths=dprs[i],
-                    big_kernel=kernel_sizes[i],
-                    small_kernel=kernel_sizes[-1],
-                    ghost_ratio=ghost_ratio,
-                    n_path=n_path,
-                    n_rep=n_rep,
-                    layer_scale_init=layer_scale_init,
-                    ghost_split=ghost_split,
-                    impl=impl,
-                )
-            )
-            self.feature_info.append(dict(num_chs=dim, reduction=4 * 2**i, module=f"stages.{i}"))
-        self.stages = nn.Sequential(*stages)
-        self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
-
-        self.apply(init_weights)
-        if isinstance(self.head, nn.Linear):
-            with torch.no_grad():
-                self.head.weight.mul_(head_init_scale)
-                self.head.bias.mul_(head_init_scale)
-
-
-def _cfg(**kwargs) -> dict:
-    cfg = dict(
-        url="",
-        num_classes=1000,
-        input_size=(3, 224, 224),
-        pool_size=(7, 7),
-        crop_pct=0.875,
-        interpolation="bicubic",
-        mean=IMAGENET_DEFAULT_MEAN,
-        std=IMAGENET_DEFAULT_STD,
-        first_conv="stem.0",
-        classifier="head",
-    )
-    cfg.update(kwargs)
-    return cfg
+        self.stem = nn.Sequential(nn.Conv2d(in_chans, self.dims[0], 4, stride=4), LayerNorm2d(self.dims[0], eps=1e-6))
+        self._build_stages(
+            ShiftWiseV1Stage,
+            4,
+            drop_path_rate,
+            ghost_ratio=ghost_ratio,
+            n_path=n_path,
+            n_rep=n_rep,
+            layer_scale_init=layer_scale_init,
+            ghost_split=ghost_split,
+            impl=impl,
+        )
+        self._build_head(num_classes, drop_rate, head_init_scale)
 
 
 default_cfgs = generate_default_cfgs(
-    {"shiftwise_v1_tiny": _cfg(), "shiftwise_v1_small": _cfg(), "shiftwise_v1_base": _cfg()}
+    {"shiftwise_v1_tiny": default_cfg(), "shiftwise_v1_small": default_cfg(), "shiftwise_v1_base": default_cfg()}
 )
 
 PRESETS: dict[str, dict] = {
@@ -203,11 +142,7 @@ PRESETS: dict[str, dict] = {
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> ShiftWiseV1:
-    model_args = dict(PRESETS[variant], **kwargs)
-    n_stages = len(model_args["depths"])
-    feature_cfg = dict(out_indices=tuple(range(n_stages)), flatten_sequential=True)
-    feature_cfg.update(model_args.pop("feature_cfg", {}) or {})
-    return build_model_with_cfg(ShiftWiseV1, variant, pretrained, feature_cfg=feature_cfg, **model_args)
+    return create_sw_model(ShiftWiseV1, variant, pretrained, PRESETS, **kwargs)
 
 
 @register_model

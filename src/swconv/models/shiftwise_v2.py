@@ -25,9 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._manipulate import checkpoint_seq
+from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
 from swconv.ops import ShiftWiseConv2d
@@ -38,8 +36,9 @@ from .layers import (
     LayerNorm2d,
     ShiftWiseNetMixin,
     SqueezeExcite,
-    drop_path_rates,
-    init_weights,
+    Stage,
+    create_sw_model,
+    default_cfg,
 )
 
 __all__ = ["ShiftWiseV2", "ShiftWiseV2Block", "ShiftWiseV2Stage"]
@@ -99,26 +98,18 @@ class ShiftWiseV2Block(nn.Module):
         return shortcut + self.drop_path(x)
 
 
-class ShiftWiseV2Stage(nn.Module):
+class ShiftWiseV2Stage(Stage):
     """Optional downsample (conv3x3 s2 + channels-first LN) followed by ``depth`` blocks."""
 
     def __init__(
         self, in_dim: int, dim: int, depth: int, downsample: bool, drop_paths: Sequence[float], **block_kw
     ) -> None:
-        super().__init__()
         if downsample:
-            self.downsample = nn.Sequential(nn.Conv2d(in_dim, dim, 3, stride=2, padding=1), LayerNorm2d(dim, eps=1e-6))
+            down = nn.Sequential(nn.Conv2d(in_dim, dim, 3, stride=2, padding=1), LayerNorm2d(dim, eps=1e-6))
         else:
-            self.downsample = nn.Identity()
-        self.blocks = nn.Sequential(*[ShiftWiseV2Block(dim, drop_path=dp, **block_kw) for dp in drop_paths])
+            down = nn.Identity()
+        super().__init__(down, [ShiftWiseV2Block(dim, drop_path=dp, **block_kw) for dp in drop_paths])
         assert len(self.blocks) == depth
-        self.grad_checkpointing = False
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, x)
-        return self.blocks(x)
 
 
 def make_stem(in_chans: int, dim: int, stride: int) -> nn.Sequential:
@@ -173,80 +164,28 @@ class ShiftWiseV2(ShiftWiseNetMixin, nn.Module):
         impl: str = "auto",
     ) -> None:
         super().__init__()
-        depths, dims, kernel_sizes = tuple(depths), tuple(dims), tuple(kernel_sizes)
-        if len(depths) != len(dims):
-            raise ValueError(f"depths {depths} and dims {dims} must have the same length")
-        if len(kernel_sizes) != len(depths) + 1:
-            raise ValueError(
-                f"kernel_sizes must hold one big kernel per stage plus the small kernel "
-                f"({len(depths) + 1} values), got {kernel_sizes}"
-            )
-        if global_pool != "avg":
-            raise ValueError(f"only global_pool='avg' is supported, got {global_pool!r}")
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.depths, self.dims, self.kernel_sizes = depths, dims, kernel_sizes
-        self.num_features = self.head_hidden_size = dims[-1]
-        self.global_pool = global_pool
-        self.drop_rate = drop_rate
+        self._init_config(in_chans, num_classes, depths, dims, kernel_sizes, global_pool, drop_rate)
         self.grad_checkpointing = False
 
-        self.stem = make_stem(in_chans, dims[0], stem_stride)
-        dprs = drop_path_rates(depths, drop_path_rate)
-        small_kernel = kernel_sizes[-1]
-        stages, self.feature_info = [], []
-        for i, (depth, dim) in enumerate(zip(depths, dims)):
-            stages.append(
-                ShiftWiseV2Stage(
-                    dims[i - 1] if i else dim,
-                    dim,
-                    depth,
-                    downsample=i > 0,
-                    drop_paths=dprs[i],
-                    big_kernel=kernel_sizes[i],
-                    small_kernel=small_kernel,
-                    ghost_ratio=ghost_ratio,
-                    n_path=n_path,
-                    n_rep=n_rep,
-                    layer_scale_init=layer_scale_init,
-                    ghost_split=ghost_split,
-                    impl=impl,
-                )
-            )
-            self.feature_info.append(dict(num_chs=dim, reduction=stem_stride * 2**i, module=f"stages.{i}"))
-        self.stages = nn.Sequential(*stages)
-        self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
-
-        self.apply(init_weights)
-        if isinstance(self.head, nn.Linear):
-            with torch.no_grad():
-                self.head.weight.mul_(head_init_scale)
-                self.head.bias.mul_(head_init_scale)
+        self.stem = make_stem(in_chans, self.dims[0], stem_stride)
+        self._build_stages(
+            ShiftWiseV2Stage,
+            stem_stride,
+            drop_path_rate,
+            ghost_ratio=ghost_ratio,
+            n_path=n_path,
+            n_rep=n_rep,
+            layer_scale_init=layer_scale_init,
+            ghost_split=ghost_split,
+            impl=impl,
+        )
+        self._build_head(num_classes, drop_rate, head_init_scale)
 
 
 # ---- timm registration -------------------------------------------------------------------------
-def _cfg(**kwargs) -> dict:
-    cfg = dict(
-        url="",
-        num_classes=1000,
-        input_size=(3, 224, 224),
-        pool_size=(7, 7),
-        crop_pct=0.875,
-        interpolation="bicubic",
-        mean=IMAGENET_DEFAULT_MEAN,
-        std=IMAGENET_DEFAULT_STD,
-        first_conv="stem.0",
-        classifier="head",
-    )
-    cfg.update(kwargs)
-    return cfg
-
-
 default_cfgs = generate_default_cfgs(
     {
-        "shiftwise_v2_pico": _cfg(
+        "shiftwise_v2_pico": default_cfg(
             num_classes=10,
             input_size=(1, 28, 28),
             pool_size=(2, 2),
@@ -255,9 +194,9 @@ default_cfgs = generate_default_cfgs(
             mean=(0.2860,),
             std=(0.3530,),
         ),
-        "shiftwise_v2_tiny": _cfg(),
-        "shiftwise_v2_small": _cfg(),
-        "shiftwise_v2_base": _cfg(),
+        "shiftwise_v2_tiny": default_cfg(),
+        "shiftwise_v2_small": default_cfg(),
+        "shiftwise_v2_base": default_cfg(),
     }
 )
 
@@ -289,17 +228,8 @@ PRESETS: dict[str, dict] = {
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> ShiftWiseV2:
-    model_args = dict(PRESETS[variant], **kwargs)
-    n_stages = len(model_args.get("depths", (3, 3, 18, 3)))
-    feature_cfg = dict(out_indices=tuple(range(n_stages)), flatten_sequential=True)
-    feature_cfg.update(model_args.pop("feature_cfg", {}) or {})
-    return build_model_with_cfg(
-        ShiftWiseV2,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=feature_cfg,
-        **model_args,
+    return create_sw_model(
+        ShiftWiseV2, variant, pretrained, PRESETS, pretrained_filter_fn=checkpoint_filter_fn, **kwargs
     )
 
 

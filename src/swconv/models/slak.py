@@ -19,10 +19,10 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, LayerNorm2d, trunc_normal_
+from timm.layers import DropPath, LayerNorm2d
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+
+from .layers import ReparamConvNetMixin, conv_from_kernel_bias, default_cfg, fuse_conv_bn, pad_kernel_to
 
 __all__ = ["SLaK", "SLaKBlock", "DecomposedLargeKernelConv", "slak_tiny"]
 
@@ -45,15 +45,7 @@ def _fused(branch: nn.Sequential):
     w = branch.conv.weight
     if not hasattr(branch, "bn"):
         return w, torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
-    bn = branch.bn
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    return w * scale.reshape(-1, 1, 1, 1), bn.bias - bn.running_mean * scale
-
-
-def _pad_to(w: torch.Tensor, size: int) -> torch.Tensor:
-    ph = (size - w.shape[-2]) // 2
-    pw = (size - w.shape[-1]) // 2
-    return F.pad(w, [pw, pw, ph, ph])
+    return fuse_conv_bn(w, None, branch.bn)
 
 
 class DecomposedLargeKernelConv(nn.Module):
@@ -89,7 +81,7 @@ class DecomposedLargeKernelConv(nn.Module):
         w = b = 0
         for br in branches:
             bw, bb = _fused(br)
-            w = w + _pad_to(bw, k)
+            w = w + pad_kernel_to(bw, k, k)
             b = b + bb
         return w, b
 
@@ -98,16 +90,7 @@ class DecomposedLargeKernelConv(nn.Module):
         if self.merged is not None:
             return
         w, b = self.equivalent_kernel_bias()
-        conv = nn.Conv2d(
-            self.channels,
-            self.channels,
-            self.kernel_size,
-            padding=self.kernel_size // 2,
-            groups=self.channels,
-            bias=True,
-        ).to(device=w.device, dtype=w.dtype)
-        conv.weight.copy_(w)
-        conv.bias.copy_(b)
+        conv = conv_from_kernel_bias(w, b, padding=self.kernel_size // 2, groups=self.channels)
         del self.LoRA1, self.LoRA2, self.small_conv
         self.LoRA1 = self.LoRA2 = self.small_conv = None
         self.merged = conv
@@ -141,7 +124,9 @@ class SLaKBlock(nn.Module):
         return x + self.drop_path(y.permute(0, 3, 1, 2))
 
 
-class SLaK(nn.Module):
+class SLaK(ReparamConvNetMixin, nn.Module):
+    _reparam_type = DecomposedLargeKernelConv
+
     def __init__(
         self,
         in_chans: int = 3,
@@ -187,107 +172,24 @@ class SLaK(nn.Module):
                 )
             )
 
-        n_blocks = sum(depths)
-        dpr = [drop_path_rate * i / max(n_blocks - 1, 1) for i in range(n_blocks)]  # linear 0 -> rate
-        self.stages = nn.ModuleList()
-        self.feature_info = []
-        cur = 0
-        for i in range(4):
-            self.stages.append(
-                nn.Sequential(
-                    *[
-                        SLaKBlock(
-                            dims[i],
-                            kernel_sizes[i],
-                            small_kernel,
-                            drop_path=dpr[cur + j],
-                            layer_scale_init=layer_scale_init,
-                            bn=bn,
-                        )
-                        for j in range(depths[i])
-                    ]
-                )
-            )
-            cur += depths[i]
-            self.feature_info.append(dict(num_chs=dims[i], reduction=2 ** (i + 2), module=f"stages.{i}"))
+        self._build_stages(
+            depths,
+            dims,
+            drop_path_rate,
+            lambda i, j, dp: SLaKBlock(
+                dims[i],
+                kernel_sizes[i],
+                small_kernel,
+                drop_path=dp,
+                layer_scale_init=layer_scale_init,
+                bn=bn,
+            ),
+        )
 
-        self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
-
-        self.apply(self._init_weights)
-        if isinstance(self.head, nn.Linear):
-            with torch.no_grad():
-                self.head.weight.mul_(head_init_scale)
-                self.head.bias.mul_(head_init_scale)
-
-    @staticmethod
-    def _init_weights(m):
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-
-    @torch.jit.ignore
-    def no_weight_decay(self):
-        return {"gamma"}
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None):
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = global_pool
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        if isinstance(self.head, nn.Linear):
-            self._init_weights(self.head)
-
-    def forward_features(self, x):
-        for i in range(4):
-            x = self.downsample_layers[i](x)
-            x = self.stages[i](x)
-        return x
-
-    def forward_head(self, x, pre_logits: bool = False):
-        if self.global_pool == "avg":
-            x = x.mean((2, 3))
-        elif self.global_pool:
-            raise ValueError(f"unsupported global_pool {self.global_pool!r}")
-        x = self.norm(x)
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x):
-        return self.forward_head(self.forward_features(x))
-
-    @torch.no_grad()
-    def reparameterize(self):
-        """Merge every decomposed kernel into one dense KxK dw conv with bias (exact in eval mode)."""
-        for m in self.modules():
-            if isinstance(m, DecomposedLargeKernelConv):
-                m.reparameterize()
-        return self
+        self._build_head(num_classes, drop_rate, head_init_scale)
 
 
-def _cfg(**kwargs):
-    return dict(
-        url="",
-        num_classes=1000,
-        input_size=(3, 224, 224),
-        pool_size=(7, 7),
-        crop_pct=0.875,
-        interpolation="bicubic",
-        mean=IMAGENET_DEFAULT_MEAN,
-        std=IMAGENET_DEFAULT_STD,
-        first_conv="downsample_layers.0.0",
-        classifier="head",
-        **kwargs,
-    )
-
-
-default_cfgs = generate_default_cfgs({"slak_tiny": _cfg()})
+default_cfgs = generate_default_cfgs({"slak_tiny": default_cfg(first_conv="downsample_layers.0.0")})
 
 
 @register_model

@@ -20,10 +20,11 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, LayerNorm2d, trunc_normal_
+from timm.layers import DropPath, LayerNorm2d
 from timm.layers.grn import GlobalResponseNorm
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+
+from .layers import ReparamConvNetMixin, conv_from_kernel_bias, default_cfg, fuse_conv_bn, pad_kernel_to
 
 __all__ = ["UniRepLKNet", "UniRepLKNetBlock", "DilatedReparamBlock", "SEBlock", "unireplknet_tiny"]
 
@@ -43,13 +44,6 @@ UNIREPLKNET_T_DEPTHS = (3, 3, 18, 3)
 UNIREPLKNET_T_DIMS = (80, 160, 320, 640)
 
 
-def fuse_conv_bn(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm2d):
-    """Kernel and bias of ``bn(conv(x))`` (eval-mode BN) as one conv."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    b = bias if bias is not None else torch.zeros_like(bn.running_mean)
-    return weight * scale.reshape(-1, 1, 1, 1), bn.bias + (b - bn.running_mean) * scale
-
-
 def dilate_kernel(kernel: torch.Tensor, dilation: int) -> torch.Tensor:
     """Depthwise kernel (C, 1, k, k) with dilation r -> equivalent dense (C, 1, r(k-1)+1, ...)."""
     if dilation == 1:
@@ -60,15 +54,12 @@ def dilate_kernel(kernel: torch.Tensor, dilation: int) -> torch.Tensor:
     return out
 
 
-def pad_kernel_to(kernel: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
-    """Zero-pad an odd-sized kernel symmetrically to (kh, kw) (centres stay aligned)."""
-    ph = (kh - kernel.shape[-2]) // 2
-    pw = (kw - kernel.shape[-1]) // 2
-    return F.pad(kernel, [pw, pw, ph, ph])
-
-
 class SEBlock(nn.Module):
-    """Squeeze-and-excitation: avg pool -> 1x1 conv (bias) -> ReLU -> 1x1 conv (bias) -> sigmoid."""
+    """Squeeze-and-excitation: avg pool -> 1x1 conv (bias) -> ReLU -> 1x1 conv (bias) -> sigmoid.
+
+    Same parameters and math as ``layers.SqueezeExcite`` but kept separate: its pooled tensor
+    keeps the input's memory format (``adaptive_avg_pool2d``), so under channels_last the 1x1
+    convs round differently (~1 ulp) from ``SqueezeExcite``'s ``mean``."""
 
     def __init__(self, channels: int, internal: int):
         super().__init__()
@@ -127,16 +118,7 @@ class DilatedReparamBlock(nn.Module):
         if self.reparameterized:
             return
         w, b = self.equivalent_kernel_bias()
-        conv = nn.Conv2d(
-            self.channels,
-            self.channels,
-            self.kernel_size,
-            padding=self.kernel_size // 2,
-            groups=self.channels,
-            bias=True,
-        ).to(device=w.device, dtype=w.dtype)
-        conv.weight.copy_(w)
-        conv.bias.copy_(b)
+        conv = conv_from_kernel_bias(w, b, padding=self.kernel_size // 2, groups=self.channels)
         self.lk_origin = conv
         del self.origin_bn
         for k, r in self.branches:
@@ -194,12 +176,7 @@ class UniRepLKNetBlock(nn.Module):
         else:
             conv = self.dwconv
         w, b = fuse_conv_bn(conv.weight, conv.bias, self.norm)
-        merged = nn.Conv2d(
-            conv.in_channels, conv.out_channels, conv.kernel_size, padding=conv.padding, groups=conv.groups, bias=True
-        ).to(device=w.device, dtype=w.dtype)
-        merged.weight.copy_(w)
-        merged.bias.copy_(b)
-        self.dwconv = merged
+        self.dwconv = conv_from_kernel_bias(w, b, padding=conv.padding, groups=conv.groups)
         self.norm = nn.Identity()
 
         # pwconv2(grn(h)) with grn(h) = h + bias + weight * h * n  ->  GRN bias into the linear bias
@@ -229,7 +206,9 @@ def default_kernel_sizes(depths: Sequence[int]):
     return ([3] * depths[0], [13] * depths[1], [13 if i % 2 == 0 else 3 for i in range(depths[2])], [13] * depths[3])
 
 
-class UniRepLKNet(nn.Module):
+class UniRepLKNet(ReparamConvNetMixin, nn.Module):
+    _reparam_type = UniRepLKNetBlock
+
     def __init__(
         self,
         in_chans: int = 3,
@@ -277,106 +256,23 @@ class UniRepLKNet(nn.Module):
                 )
             )
 
-        n_blocks = sum(depths)
-        dpr = [drop_path_rate * i / max(n_blocks - 1, 1) for i in range(n_blocks)]  # linear 0 -> rate
-        self.stages = nn.ModuleList()
-        cur = 0
-        self.feature_info = []
-        for i in range(4):
-            self.stages.append(
-                nn.Sequential(
-                    *[
-                        UniRepLKNetBlock(
-                            dims[i],
-                            kernel_sizes[i][j],
-                            drop_path=dpr[cur + j],
-                            layer_scale_init=layer_scale_init,
-                            ffn_factor=ffn_factor,
-                        )
-                        for j in range(depths[i])
-                    ]
-                )
-            )
-            cur += depths[i]
-            self.feature_info.append(dict(num_chs=dims[i], reduction=2 ** (i + 2), module=f"stages.{i}"))
+        self._build_stages(
+            depths,
+            dims,
+            drop_path_rate,
+            lambda i, j, dp: UniRepLKNetBlock(
+                dims[i],
+                kernel_sizes[i][j],
+                drop_path=dp,
+                layer_scale_init=layer_scale_init,
+                ffn_factor=ffn_factor,
+            ),
+        )
 
-        self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
-
-        self.apply(self._init_weights)
-        if isinstance(self.head, nn.Linear):
-            with torch.no_grad():
-                self.head.weight.mul_(head_init_scale)
-                self.head.bias.mul_(head_init_scale)
-
-    @staticmethod
-    def _init_weights(m):
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-
-    @torch.jit.ignore
-    def no_weight_decay(self):
-        return {"gamma"}
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None):
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = global_pool
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        if isinstance(self.head, nn.Linear):
-            self._init_weights(self.head)
-
-    def forward_features(self, x):
-        for i in range(4):
-            x = self.downsample_layers[i](x)
-            x = self.stages[i](x)
-        return x
-
-    def forward_head(self, x, pre_logits: bool = False):
-        if self.global_pool == "avg":
-            x = x.mean((2, 3))
-        elif self.global_pool:
-            raise ValueError(f"unsupported global_pool {self.global_pool!r}")
-        x = self.norm(x)
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x):
-        return self.forward_head(self.forward_features(x))
-
-    @torch.no_grad()
-    def reparameterize(self):
-        """Inference structure: every block reparameterized (exact in eval mode)."""
-        for m in self.modules():
-            if isinstance(m, UniRepLKNetBlock):
-                m.reparameterize()
-        return self
+        self._build_head(num_classes, drop_rate, head_init_scale)
 
 
-def _cfg(**kwargs):
-    return dict(
-        url="",
-        num_classes=1000,
-        input_size=(3, 224, 224),
-        pool_size=(7, 7),
-        crop_pct=0.875,
-        interpolation="bicubic",
-        mean=IMAGENET_DEFAULT_MEAN,
-        std=IMAGENET_DEFAULT_STD,
-        first_conv="downsample_layers.0.0",
-        classifier="head",
-        **kwargs,
-    )
-
-
-default_cfgs = generate_default_cfgs({"unireplknet_tiny": _cfg()})
+default_cfgs = generate_default_cfgs({"unireplknet_tiny": default_cfg(first_conv="downsample_layers.0.0")})
 
 
 def _create(variant: str, pretrained: bool, **kwargs) -> UniRepLKNet:
