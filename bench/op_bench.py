@@ -40,8 +40,12 @@ def bench(fn, warmup=25, rep=100):
 
 
 def versions():
-    v = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-         "cudnn": torch.backends.cudnn.version()}
+    v = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+    }
     for m in ("cupy", "triton", "numpy"):
         try:
             v[m] = __import__(m).__version__
@@ -52,6 +56,7 @@ def versions():
 
 def fwd_bwd_timer(fn, inputs):
     """(fwd ms, bwd ms, fwd+bwd ms) of fn(*inputs) -> tuple of outputs, grads wrt inputs."""
+
     def f():
         with torch.no_grad():
             return fn(*inputs)
@@ -89,21 +94,40 @@ def run(quick: bool):
             w = torch.randn(C * nk, 1, K_SMALL, K_SMALL, device="cuda", generator=g).requires_grad_(True)
             npx = B * C * H * H
             es = x.element_size()
-            row = {"C_rep": C, "H": H, "K": K, "k": K_SMALL, "nk": nk, "B": B, "N_rep": N_REP,
-                   "dtype": str(dt).replace("torch.", "")}
+            row = {
+                "C_rep": C,
+                "H": H,
+                "K": K,
+                "k": K_SMALL,
+                "nk": nk,
+                "B": B,
+                "N_rep": N_REP,
+                "dtype": str(dt).replace("torch.", ""),
+            }
             for d in DENSITIES:
-                active = torch.rand(C * nk, device="cuda", generator=g) < d if d < 1 else torch.ones(
-                    C * nk, dtype=torch.bool, device="cuda")
+                active = (
+                    torch.rand(C * nk, device="cuda", generator=g) < d
+                    if d < 1
+                    else torch.ones(C * nk, dtype=torch.bool, device="cuda")
+                )
                 rho = active.float().mean().item()
                 tf, tb, tfb = fwd_bwd_timer(
-                    lambda xx, ww: shift_wise_conv_cuda(xx, ww, ph, pv, ident, K, active), (x, w))
+                    lambda xx, ww: shift_wise_conv_cuda(xx, ww, ph, pv, ident, K, active), (x, w)
+                )
                 flops_f = npx * rho * nk * (2 * K_SMALL * K_SMALL + 2 * N_REP + 1)
                 flops_b = npx * rho * nk * (4 * K_SMALL * K_SMALL + 2 * N_REP + 1)
-                row[f"ours_d{d}"] = {"density": rho, "fwd_ms": tf, "bwd_ms": tb, "fwdbwd_ms": tfb,
-                                     "fwd_TFLOPs": flops_f / tf / 1e9, "bwd_TFLOPs": flops_b / tb / 1e9,
-                                     "fwd_GBs": 4 * npx * es / tf / 1e6, "bwd_GBs": 5 * npx * es / tb / 1e6,
-                                     "fwd_frac_fp32_peak": flops_f / tf / 1e-3 / H100_FP32_FLOPS,
-                                     "fwd_frac_bw": 4 * npx * es / tf / 1e-3 / H100_BW}
+                row[f"ours_d{d}"] = {
+                    "density": rho,
+                    "fwd_ms": tf,
+                    "bwd_ms": tb,
+                    "fwdbwd_ms": tfb,
+                    "fwd_TFLOPs": flops_f / tf / 1e9,
+                    "bwd_TFLOPs": flops_b / tb / 1e9,
+                    "fwd_GBs": 4 * npx * es / tf / 1e6,
+                    "bwd_GBs": 5 * npx * es / tb / 1e6,
+                    "fwd_frac_fp32_peak": flops_f / tf / 1e-3 / H100_FP32_FLOPS,
+                    "fwd_frac_bw": 4 * npx * es / tf / 1e-3 / H100_BW,
+                }
             from swconv.ops.cuda import kernel_info
 
             row["kernel_info"] = kernel_info(tuple(x.shape), dt, nk, N_REP, K_SMALL, torch.cuda.current_device())
@@ -111,8 +135,12 @@ def run(quick: bool):
             ab = {}
             for minb in ("1", "0"):
                 os.environ["SWCONV_CUDA_TALL"] = minb
-                ab[minb] = dict(zip(("fwd_ms", "bwd_ms", "fwdbwd_ms"), fwd_bwd_timer(
-                    lambda xx, ww: shift_wise_conv_cuda(xx, ww, ph, pv, ident, K, None), (x, w))))
+                ab[minb] = dict(
+                    zip(
+                        ("fwd_ms", "bwd_ms", "fwdbwd_ms"),
+                        fwd_bwd_timer(lambda xx, ww: shift_wise_conv_cuda(xx, ww, ph, pv, ident, K, None), (x, w)),
+                    )
+                )
                 ab[minb]["info"] = kernel_info(tuple(x.shape), dt, nk, N_REP, K_SMALL, torch.cuda.current_device())
             os.environ.pop("SWCONV_CUDA_TALL")
             row["tall_ab"] = ab
@@ -135,8 +163,11 @@ def run(quick: bool):
             r = K_SMALL // 2
 
             def cudnn3(xx, a, b_, c_):
-                return (F.conv2d(xx, a, padding=(r, L // 2), groups=C), F.conv2d(xx, b_, padding=(L // 2, r), groups=C),
-                        F.conv2d(xx, c_, padding=r, groups=C))
+                return (
+                    F.conv2d(xx, a, padding=(r, L // 2), groups=C),
+                    F.conv2d(xx, b_, padding=(L // 2, r), groups=C),
+                    F.conv2d(xx, c_, padding=r, groups=C),
+                )
 
             tf, tb, tfb = fwd_bwd_timer(cudnn3, (x, wh, wv, wi))
             row["cudnn_dw"] = {"fwd_ms": tf, "bwd_ms": tb, "fwdbwd_ms": tfb}
@@ -145,8 +176,11 @@ def run(quick: bool):
                     continue
                 try:
                     tf, tb, tfb = fwd_bwd_timer(
-                        lambda xx, ww, impl=impl: shift_wise_conv(xx, ww.to(xx.dtype), ph, pv, ident, K, None, impl=impl),  # noqa: E501
-                        (x, w))
+                        lambda xx, ww, impl=impl: shift_wise_conv(
+                            xx, ww.to(xx.dtype), ph, pv, ident, K, None, impl=impl
+                        ),  # noqa: E501
+                        (x, w),
+                    )
                     row[name] = {"fwd_ms": tf, "bwd_ms": tb, "fwdbwd_ms": tfb}
                 except torch.OutOfMemoryError:
                     row[name] = {"error": "OOM"}
@@ -172,13 +206,20 @@ def main():
     args = ap.parse_args()
     t0 = time.time()
     rows = run(args.quick)
-    res = {"device": torch.cuda.get_device_name(), "versions": versions(),
-           "command": ("PYTHONPATH=src python bench/op_bench.py" + (" --quick" if args.quick else "")
-                       + (" --out $OUT" if args.out else "")),
-           "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-           "protocol": "triton.testing.do_bench median, warmup 25 ms, rep 100 ms, cudnn.benchmark on",
-           "floors": {"fp32_cuda_core_flops": H100_FP32_FLOPS, "copy_bw": H100_BW}, "rows": rows,
-           "wall_s": time.time() - t0}
+    res = {
+        "device": torch.cuda.get_device_name(),
+        "versions": versions(),
+        "command": (
+            "PYTHONPATH=src python bench/op_bench.py"
+            + (" --quick" if args.quick else "")
+            + (" --out $OUT" if args.out else "")
+        ),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "protocol": "triton.testing.do_bench median, warmup 25 ms, rep 100 ms, cudnn.benchmark on",
+        "floors": {"fp32_cuda_core_flops": H100_FP32_FLOPS, "copy_bw": H100_BW},
+        "rows": rows,
+        "wall_s": time.time() - t0,
+    }
     name = "op_bench_" + torch.cuda.get_device_name().replace(" ", "_") + ".json"
     paths = [Path(__file__).resolve().parent / "results" / name]
     if args.out:
@@ -187,23 +228,27 @@ def main():
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(json.dumps(res, indent=1))
     print()
-    hdr = (f"{'stage':>14} {'dtype':>8} | {'ours f/b/fb ms':>20} | {'cuDNN fb':>8} {'x':>5} | {'refsty fb':>9} {'x':>5}"
-           f" | {'oracle fb':>9} | d0.7 d0.3 (fb/dense) | fwd TF/s GB/s | regs f/b")
+    hdr = (
+        f"{'stage':>14} {'dtype':>8} | {'ours f/b/fb ms':>20} | {'cuDNN fb':>8} {'x':>5} | {'refsty fb':>9} {'x':>5}"
+        f" | {'oracle fb':>9} | d0.7 d0.3 (fb/dense) | fwd TF/s GB/s | regs f/b"
+    )
     print(hdr)
     for r in rows:
         o = r["ours_d1.0"]
         rs = r.get("ref_style", {}).get("fwdbwd_ms", float("nan"))
         orc = r.get("oracle", {}).get("fwdbwd_ms", float("nan"))
-        print(f"{r['C_rep']:>4}@{r['H']:>2} K{r['K']:>2} {r['dtype']:>8} | {o['fwd_ms']:6.3f} {o['bwd_ms']:6.3f} {o['fwdbwd_ms']:6.3f}"  # noqa: E501
-              f" | {r['cudnn_dw']['fwdbwd_ms']:8.3f} {r['ratio_fwdbwd_vs_cudnn']:5.1f} | {rs:9.3f}"
-              f" {r.get('ratio_fwdbwd_vs_ref_style', float('nan')):5.1f} | {orc:9.3f} |"
-              f" {r['ours_d0.7']['fwdbwd_ms'] / o['fwdbwd_ms']:.2f} {r['density0.3_over_dense_fwdbwd']:.2f}"
-              f" | {o['fwd_TFLOPs']:.1f} {o['fwd_GBs']:.0f}"
-              f" | {r['kernel_info']['fwd']['regs']}/{r['kernel_info']['bwd']['regs']}"
-              f" lmem {r['kernel_info']['fwd']['local_bytes']}/{r['kernel_info']['bwd']['local_bytes']}"
-              f" | tall f/b {r['tall_ab']['1']['fwd_ms']:.3f}/{r['tall_ab']['1']['bwd_ms']:.3f}"
-              f" short {r['tall_ab']['0']['fwd_ms']:.3f}/{r['tall_ab']['0']['bwd_ms']:.3f}"
-              f" | fwd graph {r['ours_fwd_graph_ms'] if isinstance(r['ours_fwd_graph_ms'], str) else round(r['ours_fwd_graph_ms'], 3)}")  # noqa: E501
+        print(
+            f"{r['C_rep']:>4}@{r['H']:>2} K{r['K']:>2} {r['dtype']:>8} | {o['fwd_ms']:6.3f} {o['bwd_ms']:6.3f} {o['fwdbwd_ms']:6.3f}"  # noqa: E501
+            f" | {r['cudnn_dw']['fwdbwd_ms']:8.3f} {r['ratio_fwdbwd_vs_cudnn']:5.1f} | {rs:9.3f}"
+            f" {r.get('ratio_fwdbwd_vs_ref_style', float('nan')):5.1f} | {orc:9.3f} |"
+            f" {r['ours_d0.7']['fwdbwd_ms'] / o['fwdbwd_ms']:.2f} {r['density0.3_over_dense_fwdbwd']:.2f}"
+            f" | {o['fwd_TFLOPs']:.1f} {o['fwd_GBs']:.0f}"
+            f" | {r['kernel_info']['fwd']['regs']}/{r['kernel_info']['bwd']['regs']}"
+            f" lmem {r['kernel_info']['fwd']['local_bytes']}/{r['kernel_info']['bwd']['local_bytes']}"
+            f" | tall f/b {r['tall_ab']['1']['fwd_ms']:.3f}/{r['tall_ab']['1']['bwd_ms']:.3f}"
+            f" short {r['tall_ab']['0']['fwd_ms']:.3f}/{r['tall_ab']['0']['bwd_ms']:.3f}"
+            f" | fwd graph {r['ours_fwd_graph_ms'] if isinstance(r['ours_fwd_graph_ms'], str) else round(r['ours_fwd_graph_ms'], 3)}"
+        )  # noqa: E501
 
 
 if __name__ == "__main__":

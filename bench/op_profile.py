@@ -1,4 +1,5 @@
 """Stage-1 SW-T bf16 forward + backward of the CUDA op, a few launches, for Nsight Compute."""
+
 import math
 
 import torch

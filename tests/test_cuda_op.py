@@ -186,10 +186,12 @@ def test_bit_identical_on_repeat(dt):
 def test_gradcheck_float64(cfgi):
     from swconv.ops.cuda import shift_wise_conv_cuda
 
-    cfg = [dict(B=2, C=3, H=5, W=6, k=3, K=7, n_rep=2),
-           dict(B=1, C=2, H=4, W=3, k=3, K=13, n_rep=3),  # K > H, W
-           dict(B=2, C=1, H=2, W=7, k=5, K=11, n_rep=1),  # H < k
-           dict(B=1, C=2, H=6, W=5, k=1, K=4, n_rep=4)][cfgi]
+    cfg = [
+        dict(B=2, C=3, H=5, W=6, k=3, K=7, n_rep=2),
+        dict(B=1, C=2, H=4, W=3, k=3, K=13, n_rep=3),  # K > H, W
+        dict(B=2, C=1, H=2, W=7, k=5, K=11, n_rep=1),  # H < k
+        dict(B=1, C=2, H=6, W=5, k=1, K=4, n_rep=4),
+    ][cfgi]
     cfg.update(n_path=1, density=0.6, dtype=torch.float64, layout="contiguous")
     x, weight, ph, pv, ident, active = make_inputs(cfg, 99 + cfgi)
     x.requires_grad_(True)
@@ -206,8 +208,9 @@ def test_gradcheck_float64(cfgi):
 def test_autocast_bf16_and_poisoned_outputs():
     from swconv.ops.cuda import shift_wise_conv_cuda
 
-    cfg = dict(B=2, C=5, H=14, W=14, k=3, K=47, n_rep=4, n_path=2, density=1.0, dtype=torch.float32,
-               layout="contiguous")
+    cfg = dict(
+        B=2, C=5, H=14, W=14, k=3, K=47, n_rep=4, n_path=2, density=1.0, dtype=torch.float32, layout="contiguous"
+    )
     x, weight, ph, pv, ident, active = make_inputs(cfg, 3)
     wr = weight.clone().requires_grad_(True)
     with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -232,8 +235,7 @@ def test_autocast_bf16_and_poisoned_outputs():
 def test_torch_compile_traces_around_op():
     from swconv.ops.cuda import shift_wise_conv_cuda
 
-    cfg = dict(B=2, C=3, H=9, W=9, k=3, K=13, n_rep=2, n_path=1, density=1.0, dtype=torch.float32,
-               layout="contiguous")
+    cfg = dict(B=2, C=3, H=9, W=9, k=3, K=13, n_rep=2, n_path=1, density=1.0, dtype=torch.float32, layout="contiguous")
     x, weight, ph, pv, ident, active = make_inputs(cfg, 4)
 
     def f(xx):

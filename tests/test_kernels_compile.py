@@ -38,11 +38,17 @@ def test_sources_exist():
 def test_nvrtc_ptx(path: Path, arch: str):
     src = path.read_text()
     # the variants the CUDA path builds: every storage dtype, k = 1/3/5, small and large tiles
-    variants = [(dt, ks, ppt, lb, zp) for dt in range(4)
-                for ks, ppt, lb, zp in ((3, 8, 512, 64), (5, 16, 1024, 9), (1, 4, 512, 8))]
+    variants = [
+        (dt, ks, ppt, lb, zp)
+        for dt in range(4)
+        for ks, ppt, lb, zp in ((3, 8, 512, 64), (5, 16, 1024, 9), (1, 4, 512, 8))
+    ]
     for dt, ks, ppt, lb, zp in variants:
-        ptx = _compile(src, path.name, [f"-arch={arch}", f"-DDT={dt}", f"-DKS={ks}", f"-DPPT={ppt}",
-                                        f"-DLB={lb}", f"-DZP={zp}", "-std=c++17"])
+        ptx = _compile(
+            src,
+            path.name,
+            [f"-arch={arch}", f"-DDT={dt}", f"-DKS={ks}", f"-DPPT={ppt}", f"-DLB={lb}", f"-DZP={zp}", "-std=c++17"],
+        )
         assert ".entry swc_fwd" in ptx and ".entry swc_bwd" in ptx
         atomics = re.findall(r"^\s*(?:@%p\d+\s+)?(?:atom|red)\.\S+", ptx, flags=re.M)
         assert not atomics, f"kernels must not use atomics (determinism): {atomics[:3]}"
