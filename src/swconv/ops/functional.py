@@ -24,7 +24,7 @@ from .tables import check_kernel_sizes, long_axis_extent, slot_offsets
 
 IMPLS = ("auto", "torch", "torch_dense", "torch_shift", "cuda")
 IMPL_ENV = "SWCONV_IMPL"
-# Measured on 2 CPU cores (bench/cpu_formulations.py, docs/ops.md): the dense cross-kernel convs
+# Measured on 2 CPU cores (bench/cpu_formulations.py, table in README.md): the dense cross-kernel convs
 # avoid the nk-times-wider intermediate and win at every SW-T stage shape.
 DEFAULT_TORCH_IMPL = "torch_dense"
 
