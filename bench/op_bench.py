@@ -237,6 +237,8 @@ def main():
         o = r["ours_d1.0"]
         rs = r.get("ref_style", {}).get("fwdbwd_ms", float("nan"))
         orc = r.get("oracle", {}).get("fwdbwd_ms", float("nan"))
+        graph_ms = r["ours_fwd_graph_ms"]
+        graph_ms = graph_ms if isinstance(graph_ms, str) else round(graph_ms, 3)
         print(
             f"{r['C_rep']:>4}@{r['H']:>2} K{r['K']:>2} {r['dtype']:>8} | {o['fwd_ms']:6.3f} {o['bwd_ms']:6.3f} {o['fwdbwd_ms']:6.3f}"  # noqa: E501
             f" | {r['cudnn_dw']['fwdbwd_ms']:8.3f} {r['ratio_fwdbwd_vs_cudnn']:5.1f} | {rs:9.3f}"
@@ -247,8 +249,8 @@ def main():
             f" lmem {r['kernel_info']['fwd']['local_bytes']}/{r['kernel_info']['bwd']['local_bytes']}"
             f" | tall f/b {r['tall_ab']['1']['fwd_ms']:.3f}/{r['tall_ab']['1']['bwd_ms']:.3f}"
             f" short {r['tall_ab']['0']['fwd_ms']:.3f}/{r['tall_ab']['0']['bwd_ms']:.3f}"
-            f" | fwd graph {r['ours_fwd_graph_ms'] if isinstance(r['ours_fwd_graph_ms'], str) else round(r['ours_fwd_graph_ms'], 3)}"
-        )  # noqa: E501
+            f" | fwd graph {graph_ms}"
+        )
 
 
 if __name__ == "__main__":
