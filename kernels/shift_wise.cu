@@ -220,8 +220,8 @@ swc_fwd(const io_t* __restrict__ x, const acc_t* __restrict__ w, const int* __re
 // Backward. Same grid and block as the forward.
 //   grad_x  (B, C, H, W) storage dtype, written once per element
 //   gw_part (gridDim.y, C, nk, KK) acc dtype: per-block partial sums of the weight gradient of
-//           the active kernels (inactive entries untouched: the caller zero-fills), summed over
-//           dim 0 by the caller in a fixed order.
+//           the active kernels (inactive entries written as 0, so no zero-fill launch), summed
+//           over dim 0 by the caller in a fixed order.
 extern "C" __global__ void __launch_bounds__(LB)
 swc_bwd(const io_t* __restrict__ x, const io_t* __restrict__ g_h, const io_t* __restrict__ g_v,
         const io_t* __restrict__ g_i, const acc_t* __restrict__ w, const int* __restrict__ offh,
@@ -246,6 +246,8 @@ swc_bwd(const io_t* __restrict__ x, const io_t* __restrict__ g_h, const io_t* __
     int* s_id = s_ov + nk * nrep;
     int* s_list = s_id + nk;
 
+    for (int t = tid; t < nk * KK; t += NT)
+        if (!active[c * nk + t / KK]) gw_part[((long long)blockIdx.y * C + c) * nk * KK + t] = 0;
     const int n = stage_tables(c, nk, nrep, w, offh, offv, idc, active, s_w, s_oh, s_ov, s_id, s_list, &s_n);
     stage_x(x, s_x, b0, np, P, C, c, H, W);
     for (int t = tid; t < 3 * PHW; t += NT) {

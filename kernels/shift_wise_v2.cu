@@ -291,7 +291,7 @@ swc_fwd(const io_t* __restrict__ x, const acc_t* __restrict__ w, const int* __re
 
 // Backward: grad_x (written once per element) and per-block weight-gradient partials
 // gw_part (gridDim.y, C, nk, KK), reduced in a fixed order (warp butterfly, then warps in order);
-// the caller zero-fills gw_part and sums it over dim 0.
+// inactive kernels' entries are written as 0 here (no zero-fill launch); the caller sums over dim 0.
 extern "C" __global__ void __launch_bounds__(LB, MINB)
 swc_bwd(const io_t* __restrict__ x, const io_t* __restrict__ g_h, const io_t* __restrict__ g_v,
         const io_t* __restrict__ g_i, const acc_t* __restrict__ w, const int* __restrict__ offh,
@@ -317,6 +317,8 @@ swc_bwd(const io_t* __restrict__ x, const io_t* __restrict__ g_h, const io_t* __
     int* s_id = s_ov + nk * nrep;
     int* s_list = s_id + nk;
 
+    for (int t = tid; t < nk * KK; t += NT)
+        if (!active[c * nk + t / KK]) gw_part[((long long)blockIdx.y * C + c) * nk * KK + t] = 0;
     compact_active(c, nk, active, s_list, &s_n);
     stage_x(x, s_x, b0, np, P, C, c, H, W, XR);
     stage_planes(g_h, s_g, b0, np, P, C, c, H, W, ZR, ZP, RS);
