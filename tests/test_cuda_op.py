@@ -148,6 +148,45 @@ def test_v1_kernels_random_subset(i, monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not (HAS_CUDA and HAS_CUPY), reason="needs a CUDA GPU and CuPy")
+@pytest.mark.parametrize("i", [i for i in range(216) if i % 3 and i % 2])
+def test_v2_kernels_half_precision(i, monkeypatch):
+    """bf16 / fp16 run on the tensor-core kernels by default; the CUDA-core v2 kernels (time
+    proportional to the active kernels) stay selectable for them: SWCONV_CUDA_KERNEL=v2."""
+    monkeypatch.setenv("SWCONV_CUDA_KERNEL", "v2")
+    test_random_config_vs_reference(i)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (HAS_CUDA and HAS_CUPY), reason="needs a CUDA GPU and CuPy")
+@pytest.mark.parametrize("i", [i for i in range(216) if i % 3 and max(CONFIGS[i]["H"], CONFIGS[i]["W"]) <= 8][:40])
+def test_tc_kernels_small_planes(i, monkeypatch):
+    """Auto mode gives planes up to 8 x 8 to v2; forced, the tensor-core kernels still run them exactly."""
+    monkeypatch.setenv("SWCONV_CUDA_KERNEL", "tc")
+    test_random_config_vs_reference(i)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (HAS_CUDA and HAS_CUPY), reason="needs a CUDA GPU and CuPy")
+@pytest.mark.parametrize("dt", [torch.bfloat16, torch.float16, torch.float32])
+def test_kernel_selection(dt, monkeypatch):
+    from swconv.ops.cuda import kernel_info
+
+    monkeypatch.delenv("SWCONV_CUDA_KERNEL", raising=False)
+    info = kernel_info((8, 60, 56, 56), dt, 17, 4, 3, torch.cuda.current_device(), 51)
+    assert info["version"] == ("v2" if dt == torch.float32 else "tc")
+    if info["version"] == "tc":
+        assert info["fwd"]["local_bytes"] == 0, "tensor-core forward kernel spills registers"
+    assert kernel_info((8, 60, 80, 80), dt, 17, 4, 3, torch.cuda.current_device(), 51)["version"] == "v2"
+    assert kernel_info((128, 492, 7, 7), dt, 5, 4, 3, torch.cuda.current_device(), 13)["version"] == "v2"
+    monkeypatch.setenv("SWCONV_CUDA_KERNEL", "tc")
+    small = kernel_info((128, 492, 7, 7), dt, 5, 4, 3, torch.cuda.current_device(), 13)["version"]
+    assert small == ("v2" if dt == torch.float32 else "tc")
+    monkeypatch.setenv("SWCONV_CUDA_KERNEL", "v2")
+    assert kernel_info((8, 60, 56, 56), dt, 17, 4, 3, torch.cuda.current_device(), 51)["version"] == "v2"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (HAS_CUDA and HAS_CUPY), reason="needs a CUDA GPU and CuPy")
 @pytest.mark.parametrize("i", range(0, 216, 9))
 def test_vs_torch_oracle(i):
     from swconv.ops.functional import shift_wise_conv
@@ -232,19 +271,58 @@ def test_autocast_bf16_and_poisoned_outputs():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not (HAS_CUDA and HAS_CUPY), reason="needs a CUDA GPU and CuPy")
-def test_torch_compile_traces_around_op():
+@pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16])
+def test_torch_compile_traces_around_op(dt):
+    """torch.compile traces around the op (v2 kernels for fp32, tensor-core kernels for bf16) and
+    gets the eager results and gradients."""
     from swconv.ops.cuda import shift_wise_conv_cuda
 
-    cfg = dict(B=2, C=3, H=9, W=9, k=3, K=13, n_rep=2, n_path=1, density=1.0, dtype=torch.float32, layout="contiguous")
+    cfg = dict(B=2, C=3, H=9, W=9, k=3, K=13, n_rep=2, n_path=1, density=0.7, dtype=dt, layout="contiguous")
     x, weight, ph, pv, ident, active = make_inputs(cfg, 4)
 
-    def f(xx):
-        h, v, i = shift_wise_conv_cuda(xx, weight, ph, pv, ident, cfg["K"], active)
-        return torch.relu(h) + v * 2 + i
+    def f(xx, ww):
+        h, v, i = shift_wise_conv_cuda(xx, ww, ph, pv, ident, cfg["K"], active)
+        return (torch.relu(h.float()) + v.float() * 2 + i.float()).sum()
 
-    eager = f(x)
-    compiled = torch.compile(f)(x)
-    assert torch.allclose(eager, compiled)
+    results = []
+    for fn in (f, torch.compile(f)):
+        xr, wr = x.clone().requires_grad_(True), weight.clone().requires_grad_(True)
+        loss = fn(xr, wr)
+        loss.backward()
+        results.append((loss.detach(), xr.grad, wr.grad))
+    for a, b in zip(*results):
+        assert torch.allclose(a.float(), b.float(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (HAS_CUDA and HAS_CUPY), reason="needs a CUDA GPU and CuPy")
+@pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16])
+def test_launch_from_fresh_thread(dt):
+    """A thread that has made no CUDA runtime call has no current driver context (autograd's
+    device thread can be one); the raw launches must bind it and give the same result."""
+    import threading
+
+    from swconv.ops.cuda import shift_wise_conv_cuda
+
+    cfg = dict(B=2, C=5, H=17, W=12, k=3, K=13, n_rep=2, n_path=1, density=0.7, dtype=dt, layout="contiguous")
+    x, weight, ph, pv, ident, active = make_inputs(cfg, 11)
+    expected = shift_wise_conv_cuda(x, weight, ph, pv, ident, cfg["K"], active)
+    result = {}
+
+    def work():
+        try:
+            result["out"] = shift_wise_conv_cuda(x, weight, ph, pv, ident, cfg["K"], active)
+            torch.cuda.synchronize()
+        except Exception as exc:  # noqa: BLE001  (re-raised in the test thread)
+            result["error"] = exc
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    for a, b in zip(expected, result["out"]):
+        assert torch.equal(a, b)
 
 
 def test_cuda_on_cpu_tensor_raises():
