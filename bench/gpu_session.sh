@@ -18,11 +18,16 @@ if [ $TESTS = 1 ]; then
   tail -n 25 "$OUT/gpu_tests.log"; echo "tests took $(( $(date +%s) - t0 )) s (rc=$rc)"
 fi
 if [ $NCU = 1 ] && command -v ncu >/dev/null; then
-  timeout 150 ncu --kernel-name regex:swc_ --launch-skip 2 --launch-count 2 \
-      --section SpeedOfLight --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
-      python3 bench/op_profile.py > "$OUT/ncu_stage1_bf16.txt" 2>&1 || echo "ncu failed/timed out"
-  grep -E "swc_|Duration|Compute \(SM\) Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Dynamic Shared|Theoretical Occ|Block Limit" \
-      "$OUT/ncu_stage1_bf16.txt" | head -40
+  # stage 1 (tensor-core kernels: fwd, bwd, cross_grad) and stage 4 (7x7 planes: v2 fwd, bwd)
+  for spec in "1 3" "4 2"; do
+    set -- $spec
+    timeout 150 ncu --kernel-name regex:swc_ --launch-skip $2 --launch-count $2 \
+        --section SpeedOfLight --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
+        --section WarpStateStats python3 bench/op_profile.py $1 > "$OUT/ncu_stage$1_bf16.txt" 2>&1 \
+        || echo "ncu stage $1 failed/timed out"
+    grep -E "swc_|Duration|Compute \(SM\) Throughput|Memory Throughput|Achieved Occupancy|Registers Per" \
+        "$OUT/ncu_stage$1_bf16.txt" | head -30
+  done
 fi
 if [ $BENCH = 1 ]; then
   python3 bench/op_bench.py --out "$OUT" 2>&1 | tee "$OUT/op_bench.log" | tail -n 12 || rc=1
