@@ -26,6 +26,7 @@ import math
 import os
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import cupy  # noqa: F401  (import failure = "CUDA path unavailable" for the dispatcher)
 import torch
@@ -169,6 +170,24 @@ def _launch_raw(kernel: _Kernel, grid: tuple, threads: int, smem: int, device_in
         cupy.cuda.runtime.setDevice(device_index)
         cupy.cuda.runtime.free(0)
         _driver.launchKernel(kernel.ptr, gx, gy, 1, threads, 1, 1, smem, stream, ctypes.addressof(params), 0)
+
+
+class _Launch(NamedTuple):
+    """One kernel launch of a fixed shape: the per-call work is allocating and passing pointers."""
+
+    kernel: _Kernel
+    grid: tuple[int, int]
+    threads: int
+    smem: int
+    sig: str
+    ints: tuple[int, ...]
+
+    def __call__(self, device_index: int, pointers: tuple, extra_ints: tuple[int, ...] = ()) -> None:
+        args = (*pointers, *self.ints, *extra_ints)
+        _launch_raw(self.kernel, self.grid, self.threads, self.smem, device_index, self.sig, args)
+
+
+_MISSING = object()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -330,40 +349,61 @@ def _plan(version, *args):
     return None if plan is None else plan + (8, 0)
 
 
+def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """t in dtype, contiguous (no op calls when it already is: each costs microseconds)."""
+    if t.dtype != dtype:
+        t = t.to(dtype)
+    return t if t.is_contiguous() else t.contiguous()
+
+
 def _dev_index(t: torch.Tensor) -> int:
     return t.device.index if t.device.index is not None else torch.cuda.current_device()
 
 
-def _launch(kind: str, x: torch.Tensor, weight: torch.Tensor, offh, offv, idc, active, extra_in, outs):
+_v2_launch_cache: dict[tuple, tuple[_Launch, _Launch] | None] = {}
+
+
+def _v2_launches(x: torch.Tensor, nk: int, nrep: int, ks: int) -> tuple[_Launch, _Launch] | None:
+    """(forward, backward) launches of the v1 / v2 kernels for x's shape, or None when a plane
+    does not fit in shared memory. Cached per shape and per kernel environment variables."""
     B, C, H, W = x.shape
-    nk, nrep = offh.shape[1], offh.shape[2]
-    ks = weight.shape[-1]
-    idx = _dev_index(x)
-    acc_bytes = 8 if x.dtype == torch.float64 else 4
-    optin = _smem_optin(idx)
-    version = kernel_version()
-    plan = _plan(version, B, C, H, W, nk, nrep, ks, acc_bytes, kind == "bwd", optin)
-    if plan is None:
-        raise RuntimeError(f"shift-wise CUDA kernel: a {H}x{W} plane does not fit in shared memory")
-    P, nt, ppt, lb, ch, smem, zp, zr = plan
-    fwd, bwd, _ = _functions(version, _DTYPE_CODE[x.dtype], ks, ppt, lb, zp, idx)
-    fn = fwd if kind == "fwd" else bwd
-    grid = (C, (B + P - 1) // P)
-    ints = (B, C, H, W, nk, nrep, P, ch) + ((zr,) if version == "v2" else ())
-    args = (x, *extra_in, weight, offh, offv, idc, active, *outs, *ints)
-    _launch_raw(fn, grid, nt, smem, idx, "p" * (6 + len(extra_in) + len(outs)) + "i" * len(ints), args)
-    return grid
+    idx, version = _dev_index(x), kernel_version()
+    env = (os.environ.get("SWCONV_CUDA_TALL"), os.environ.get("SWCONV_CUDA_MINB"))
+    key = (version, x.dtype, B, C, H, W, nk, nrep, ks, idx, env)
+    hit = _v2_launch_cache.get(key, _MISSING)
+    if hit is not _MISSING:
+        return hit
+    acc = 8 if x.dtype == torch.float64 else 4
+    plans = [_plan(version, B, C, H, W, nk, nrep, ks, acc, bwd, _smem_optin(idx)) for bwd in (False, True)]
+    hit = None
+    if None not in plans:
+        launches = []
+        # pointers: forward x, w, offh, offv, idc, active, 3 outputs; backward adds 3 grads, grad_x, partials
+        for n_ptr, plan, which in ((9, plans[0], 0), (11, plans[1], 1)):
+            P, nt, ppt, lb, ch, smem, zp, zr = plan
+            fn = _functions(version, _DTYPE_CODE[x.dtype], ks, ppt, lb, zp, idx)[which]
+            ints = (B, C, H, W, nk, nrep, P, ch) + ((zr,) if version == "v2" else ())
+            launches.append(_Launch(fn, (C, (B + P - 1) // P), nt, smem, "p" * n_ptr + "i" * len(ints), ints))
+        hit = tuple(launches)
+    if len(_v2_launch_cache) > 256:
+        _v2_launch_cache.clear()
+    _v2_launch_cache[key] = hit
+    return hit
 
 
 def _plane_fits(x: torch.Tensor, nk: int, nrep: int, ks: int) -> bool:
+    """Whether the v1 / v2 kernels take x's planes (plans only: nothing compiled, so dynamo can
+    trace it)."""
     B, C, H, W = x.shape
-    acc = 8 if x.dtype == torch.float64 else 4
-    optin = _smem_optin(_dev_index(x))
-    v = kernel_version()
-    return (
-        _plan(v, B, C, H, W, nk, nrep, ks, acc, False, optin) is not None
-        and _plan(v, B, C, H, W, nk, nrep, ks, acc, True, optin) is not None
-    )
+    acc, optin, version = 8 if x.dtype == torch.float64 else 4, _smem_optin(_dev_index(x)), kernel_version()
+    return all(_plan(version, B, C, H, W, nk, nrep, ks, acc, bwd, optin) is not None for bwd in (False, True))
+
+
+def _v2_launches_or_raise(x: torch.Tensor, nk: int, nrep: int, ks: int) -> tuple[_Launch, _Launch]:
+    launches = _v2_launches(x, nk, nrep, ks)
+    if launches is None:
+        raise RuntimeError(f"shift-wise CUDA kernel: a {x.shape[-2]}x{x.shape[-1]} plane does not fit in shared memory")
+    return launches
 
 
 # ----------------------------------------------------------------------------------------------
@@ -374,7 +414,8 @@ def _v2_forward(x, weight, offh, offv, idc, active):
     outs = [torch.empty_like(x, memory_format=torch.contiguous_format) for _ in range(3)]
     if x.numel() == 0:
         return tuple(o.zero_() for o in outs)
-    _launch("fwd", x, weight.contiguous(), offh, offv, idc, active, [], outs)
+    fwd, _ = _v2_launches_or_raise(x, offh.shape[1], offh.shape[2], weight.shape[-1])
+    fwd(_dev_index(x), (x, weight.contiguous(), offh, offv, idc, active, *outs))
     return tuple(outs)
 
 
@@ -397,20 +438,14 @@ def _fwd_fake(x, weight, offh, offv, idc, active):
 
 def _v2_backward(x, g_h, g_v, g_i, weight, offh, offv, idc, active):
     x = x.contiguous()
-    B, C, H, W = x.shape
-    nk, ks = offh.shape[1], weight.shape[-1]
+    C, nk, ks = x.shape[1], offh.shape[1], weight.shape[-1]
     gx = torch.empty_like(x, memory_format=torch.contiguous_format)
     if x.numel() == 0:
         return gx.zero_(), torch.zeros_like(weight)
-    acc = 8 if x.dtype == torch.float64 else 4
-    optin = _smem_optin(_dev_index(x))
-    plan = _plan(kernel_version(), B, C, H, W, nk, offh.shape[2], ks, acc, True, optin)
-    if plan is None:
-        raise RuntimeError(f"shift-wise CUDA kernel: a {H}x{W} plane does not fit in shared memory")
-    gy = (B + plan[0] - 1) // plan[0]
-    part = torch.empty((gy, C, nk, ks * ks), dtype=weight.dtype, device=x.device)  # inactive: 0 in-kernel
-    grads = [t.to(x.dtype).contiguous() for t in (g_h, g_v, g_i)]
-    _launch("bwd", x, weight.contiguous(), offh, offv, idc, active, grads, [gx, part])
+    _, bwd = _v2_launches_or_raise(x, nk, offh.shape[2], ks)
+    part = torch.empty((bwd.grid[1], C, nk, ks * ks), dtype=weight.dtype, device=x.device)  # inactive: 0 in-kernel
+    grads = [_as(t, x.dtype) for t in (g_h, g_v, g_i)]
+    bwd(_dev_index(x), (x, *grads, weight.contiguous(), offh, offv, idc, active, gx, part))
     gw = part.sum(0).reshape(weight.shape)  # fixed-order reduction over batch blocks
     return gx, gw
 
@@ -573,21 +608,35 @@ def _perm_tables(perm_h, perm_v, identity_pick, device):
     return hit
 
 
+@functools.lru_cache(maxsize=256)
+def _tc_launches(dtype: torch.dtype, B: int, C: int, H: int, W: int, nk: int, nrep: int, ks: int, m: int, idx: int):
+    """(forward, backward, cross-gradient) launches of the tensor-core kernels for one shape; the
+    forward and backward take one more int at call time (whether the planes can be paired)."""
+    cross_grad, fwd, bwd = _tc_functions(_TC_DTYPES[dtype], ks, idx)
+    L, optin = nk * ks, _smem_optin(idx)
+    (Pf, smem_f), (Pb, smem_b) = (tc_launch_plan(B, H, W, L, m, ks, bwd_, optin) for bwd_ in (False, True))
+    gy = (B + Pb - 1) // Pb
+    return (
+        # x, w, perm_h, perm_v, identity_pick, active, 3 outputs
+        _Launch(fwd, (C, (B + Pf - 1) // Pf), _TC_THREADS, smem_f, "p" * 9 + "i" * 9, (B, C, H, W, nk, nrep, m, Pf)),
+        # x, 3 grads, w, perm_h, perm_v, identity_pick, active, grad_x, partials
+        _Launch(bwd, (C, gy), _TC_THREADS, smem_b, "p" * 11 + "i" * 9, (B, C, H, W, nk, nrep, m, Pb)),
+        # partials, offh, offv, idc, active, grad_w
+        _Launch(cross_grad, (C, 1), 256, 3 * ks * L * 4, "p" * 6 + "i" * 5, (C, nk, nrep, m, gy)),
+    )
+
+
 def _tc_forward(x, weight, perm_h, perm_v, identity_pick, active, big_kernel: int):
     """Launches swc_tc_fwd; returns (out_h, out_v, out_i)."""
     x = x.contiguous()
     B, C, H, W = x.shape
-    n_rep, _, nk = perm_h.shape
-    ks = weight.shape[-1]
     outs = [torch.empty_like(x, memory_format=torch.contiguous_format) for _ in range(3)]
     if x.numel() == 0:
         return tuple(o.zero_() for o in outs)
+    n_rep, _, nk = perm_h.shape
     idx = _dev_index(x)
-    fwd = _tc_functions(_TC_DTYPES[x.dtype], ks, idx)[1]
-    m = big_kernel // 2
-    P, smem = tc_launch_plan(B, H, W, nk * ks, m, ks, False, _smem_optin(idx))
-    args = (x, weight, perm_h, perm_v, identity_pick, active, *outs, B, C, H, W, nk, n_rep, m, P, _paired(W, x))
-    _launch_raw(fwd, (C, (B + P - 1) // P), _TC_THREADS, smem, idx, "p" * 9 + "i" * 9, args)
+    fwd = _tc_launches(x.dtype, B, C, H, W, nk, n_rep, weight.shape[-1], big_kernel // 2, idx)[0]
+    fwd(idx, (x, weight, perm_h, perm_v, identity_pick, active, *outs), (_paired(W, x),))
     return tuple(outs)
 
 
@@ -620,23 +669,17 @@ def _tc_backward_launch(x, g_h, g_v, g_i, weight, perm_h, perm_v, identity_pick,
     B, C, H, W = x.shape
     _, nk, n_rep = offh.shape
     ks = weight.shape[-1]
-    L, m = nk * ks, big_kernel // 2
     gx = torch.empty_like(x, memory_format=torch.contiguous_format)
     gw = torch.empty((C * nk, 1, ks, ks), dtype=torch.float32, device=x.device)
     if x.numel() == 0:
         return gx.zero_(), gw.zero_()
     idx = _dev_index(x)
-    cross_grad, _, bwd = _tc_functions(_TC_DTYPES[x.dtype], ks, idx)
-    P, smem = tc_launch_plan(B, H, W, L, m, ks, True, _smem_optin(idx))
-    gy = (B + P - 1) // P
-    part = torch.empty((gy, C, 3, ks, L), dtype=torch.float32, device=x.device)
-    grads = [t.to(x.dtype).contiguous() for t in (g_h, g_v, g_i)]
-    args = (x, *grads, weight, perm_h, perm_v, identity_pick, active, gx, part)
-    args += (B, C, H, W, nk, n_rep, m, P, _paired(W, x, *grads))
-    _launch_raw(bwd, (C, gy), _TC_THREADS, smem, idx, "p" * 11 + "i" * 9, args)
+    _, bwd, cross_grad = _tc_launches(x.dtype, B, C, H, W, nk, n_rep, ks, big_kernel // 2, idx)
+    part = torch.empty((bwd.grid[1], C, 3, ks, nk * ks), dtype=torch.float32, device=x.device)
+    grads = [_as(t, x.dtype) for t in (g_h, g_v, g_i)]
+    bwd(idx, (x, *grads, weight, perm_h, perm_v, identity_pick, active, gx, part), (_paired(W, x, *grads),))
     # the cross-kernel gradients of the gy batch blocks are summed in block order inside
-    args = (part, offh, offv, idc, active, gw, C, nk, n_rep, m, gy)
-    _launch_raw(cross_grad, (C, 1), 256, 3 * ks * L * 4, idx, "ppppppiiiii", args)
+    cross_grad(idx, (part, offh, offv, idc, active, gw))
     return gx, gw
 
 
@@ -751,8 +794,9 @@ def shift_wise_conv_cuda(
     if dtype not in _DTYPE_CODE:
         raise TypeError(f"shift_wise_conv_cuda supports float32/float16/bfloat16/float64, got {dtype}")
     B, _, H, W = x.shape
+    xc = x if x.dtype == dtype else x.to(dtype)
     use_tc = _tc_applies(dtype, B, H, W, nk * ks, big_kernel // 2, ks, _dev_index(x))
-    if not use_tc and not _plane_fits(x, nk, n_rep, ks):
+    if not use_tc and not _plane_fits(xc, nk, n_rep, ks):
         global _warned_fallback
         if not _warned_fallback:
             warnings.warn(
@@ -764,11 +808,13 @@ def shift_wise_conv_cuda(
         from .functional import shift_wise_conv
 
         return shift_wise_conv(x, weight, perm_h, perm_v, identity_pick, big_kernel, kernel_active, impl="torch")
-    x = x.to(dtype)
-    acc_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    w = weight.to(acc_dtype)
+    x = xc
+    w = _as(weight, torch.float64 if dtype == torch.float64 else torch.float32)
     if kernel_active is None:
         active = _all_active(channels * nk, x.device)
+    elif kernel_active.dtype == torch.bool and kernel_active.device == x.device and not torch.compiler.is_compiling():
+        # same bytes, no conversion kernel (eager only: inductor cannot lower a bool bitcast)
+        active = kernel_active.reshape(-1).view(torch.uint8).contiguous()
     else:
         active = kernel_active.reshape(-1).to(device=x.device, dtype=torch.uint8).contiguous()
     if use_tc:
@@ -776,8 +822,8 @@ def shift_wise_conv_cuda(
         if torch.compiler.is_compiling():
             offh, offv, idc = _tables(perm_h, perm_v, identity_pick, big_kernel, ks, x.device)
             tables = (ph, pv, pi, offh, offv, idc)
-            return torch.ops.swconv.shift_wise_tc_fwd(x, w.contiguous(), *tables, active, big_kernel)
-        return _TcFunction.apply(x, w.contiguous(), ph, pv, pi, active, big_kernel)
+            return torch.ops.swconv.shift_wise_tc_fwd(x, w, *tables, active, big_kernel)
+        return _TcFunction.apply(x, w, ph, pv, pi, active, big_kernel)
     offh, offv, idc = _tables(perm_h, perm_v, identity_pick, big_kernel, ks, x.device)
     if torch.compiler.is_compiling():
         return torch.ops.swconv.shift_wise_fwd(x, w, offh, offv, idc, active)
