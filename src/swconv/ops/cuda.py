@@ -2,20 +2,27 @@
 
 ``shift_wise_conv_cuda(x, weight, perm_h, perm_v, identity_pick, big_kernel, kernel_active)``
 returns ``(out_h, out_v, out_i)`` exactly as SPEC §1.6 (same contract as
-``swconv.ops.functional.shift_wise_conv``). The kernels live in ``kernels/shift_wise.cu`` and are
-compiled on first use by NVRTC through ``cupy.RawModule`` for the running GPU (one module per
-dtype / small kernel / pixels-per-thread variant, cached per process and by CuPy on disk). They
-launch on PyTorch's current stream and read / write torch tensors in place (raw device pointers,
-no copies beyond making the input contiguous).
+``swconv.ops.functional.shift_wise_conv``). Kernels (``kernels/``), chosen by
+``$SWCONV_CUDA_KERNEL`` (``auto`` by default):
 
-Autograd goes through two ``torch.library.custom_op`` ops (``swconv::shift_wise_fwd`` and
-``swconv::shift_wise_bwd``) with fake implementations, so ``torch.compile`` treats them as opaque
-nodes. Forward and backward are deterministic: no atomics anywhere; the weight gradient is
-reduced per block in a fixed order and the per-block partials are summed by ``torch.sum``.
+- ``shift_wise_tc.cu``: tensor cores (``mma.sync``), bf16 / fp16 planes from 9x9 to 64x64;
+- ``shift_wise_v2.cu``: CUDA cores, every dtype (fp32 / fp64 always land here);
+- ``shift_wise.cu`` (v1): the first, simpler CUDA-core version, kept selectable.
+
+They are compiled on first use by NVRTC through ``cupy.RawModule`` for the running GPU (cached per
+process and by CuPy on disk), launched with ``cuLaunchKernel`` on PyTorch's current stream, and
+read / write torch tensors in place (raw device pointers, no copies beyond making inputs
+contiguous).
+
+Eager autograd uses ``torch.autograd.Function`` subclasses (cheapest per call); under
+``torch.compile`` the same kernels run as ``torch.library.custom_op`` ops with fake
+implementations (``swconv::shift_wise_fwd`` / ``_bwd`` and ``swconv::shift_wise_tc_fwd`` /
+``_bwd``), so the compiler treats them as opaque nodes. Forward and backward are deterministic:
+no atomics anywhere; every reduction has a fixed order.
 
 Storage dtypes: float32, float16, bfloat16 (fp32 accumulation) and float64 (fp64 accumulation,
 for gradcheck). Under CUDA autocast a float32 input is cast to the autocast dtype first (as a
-convolution would be). Layout and index math: ``kernels/README.md``.
+convolution would be). Design, index math and measurements: ``kernels/README.md``.
 """
 
 from __future__ import annotations
