@@ -245,7 +245,7 @@ def main():
     print()
     hdr = (
         f"{'stage':>14} {'dtype':>8} | {'ours f/b/fb ms':>20} | {'cuDNN fb':>8} {'x':>5} | {'refsty fb':>9} {'x':>5}"
-        f" | {'oracle fb':>9} | d0.7 d0.3 (fb/dense) | v2 fb d1 d0.3/d1 | graph fb | kernels"
+        f" | {'oracle fb':>9} | d0.7 d0.3 (fb/dense) | v2 fb d1 d0.3/d1 | graph fb | fwd TF/s GB/s | kernels"
     )
     print(hdr)
     for r in rows:
@@ -261,7 +261,8 @@ def main():
             f" | {r['cudnn_dw']['fwdbwd_ms']:8.3f} {r['ratio_fwdbwd_vs_cudnn']:5.1f} | {rs:9.3f}"
             f" {r.get('ratio_fwdbwd_vs_ref_style', float('nan')):5.1f} | {orc:9.3f} |"
             f" {r['ours_d0.7']['fwdbwd_ms'] / o['fwdbwd_ms']:.2f} {r['density0.3_over_dense_fwdbwd']:.2f}"
-            f" | {v2} | {graph_ms} | {ki['version']} regs {ki['fwd']['regs']}/{ki['bwd']['regs']}"
+            f" | {v2} | {graph_ms} | {o['fwd_TFLOPs']:5.1f} {o['fwd_GBs']:4.0f}"
+            f" | {ki['version']} regs {ki['fwd']['regs']}/{ki['bwd']['regs']}"
             f" lmem {ki['fwd']['local_bytes']}/{ki['bwd']['local_bytes']}"
         )
 
