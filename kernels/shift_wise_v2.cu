@@ -124,43 +124,46 @@ __device__ __forceinline__ void stage_tables(int c, int nk, int nrep, int n, con
     for (int t = tid; t < n; t += NT) s_id[t] = idc[c * nk + s_list[t]];
 }
 
-// Stages P planes of channel c into shared memory as rows of pitch `pitch` with `rows` rows; staged
-// element (row, col) = plane[row - off][col - off] inside the image, else 0. One warp per row, so
-// no per-element integer division (these loops are the per-block fixed cost).
-__device__ __forceinline__ void stage_planes(const io_t* __restrict__ src, acc_t* dst, int b0, int np, int P, int C,
-                                             int c, int H, int W, int rows, int pitch, int off) {
-    if (pitch < 32) {  // narrow planes (7x7 maps): a warp per row would leave most lanes idle
-        const int n = P * rows * pitch;
-        for (int i = threadIdx.x; i < n; i += blockDim.x) {
-            const int pr = i / pitch, col = i - pr * pitch;
-            const int p = pr / rows, row = pr - p * rows;
-            const int yy = row - off, xx = col - off;
-            acc_t v = 0;
-            if (p < np && yy >= 0 && yy < H && xx >= 0 && xx < W)
-                v = ld_io(src + ((long long)(b0 + p) * C + c) * H * W + (long long)yy * W, xx);
-            dst[i] = v;
-        }
-        return;
-    }
-    const int lane = threadIdx.x & 31, NWARP = blockDim.x >> 5;
-    for (int pr = threadIdx.x >> 5; pr < P * rows; pr += NWARP) {
-        const int p = pr / rows, row = pr - p * rows;
-        const int yy = row - off;
-        const bool rin = p < np && yy >= 0 && yy < H;
-        const io_t* sp = src + ((long long)(b0 + p) * C + c) * H * W + (long long)yy * W - off;
-        acc_t* dp = dst + (long long)pr * pitch;
-        for (int col = lane; col < pitch; col += 32) {
-            const int xx = col - off;
-            acc_t v = 0;
-            if (rin && xx >= 0 && xx < W) v = ld_io(sp, col);
-            dp[col] = v;
-        }
-    }
+// Zero-fills n staged elements; callers sync before copy_planes writes the image pixels.
+__device__ __forceinline__ void zero_fill(acc_t* dst, int n) {
+    for (int t = threadIdx.x; t < n; t += blockDim.x) dst[t] = 0;
 }
 
-__device__ __forceinline__ void stage_x(const io_t* __restrict__ x, acc_t* s_x, int b0, int np, int P, int C, int c,
-                                        int H, int W, int XR) {
-    stage_planes(x, s_x, b0, np, P, C, c, H, W, XR, XP, 2 * RS);
+// Copies the np images (channel c, images b0..) into zero-filled staged planes: pixel (y, x) of
+// image p goes to dst[(p * rows + y + off) * pitch + x + off]. Flat over the image pixels only
+// (coalesced loads, no halo predicates); a thread's position advances by blockDim.x with carries
+// instead of a division per element, and four loads are issued before their stores.
+__device__ __forceinline__ void copy_planes(const io_t* __restrict__ src, acc_t* dst, int b0, int np, int C, int c,
+                                            int H, int W, int rows, int pitch, int off) {
+    const int NT = blockDim.x, HW = H * W, n = np * HW;
+    int i = threadIdx.x;
+    if (i >= n) return;
+    int p = i / HW, e = i - p * HW;
+    int y = e / W, x = e - y * W;
+    const int dp = NT / HW, de = NT - dp * HW, dy = de / W, dx = de - dy * W;
+    const long long pstride = (long long)C * HW;
+    const io_t* base = src + ((long long)b0 * C + c) * HW;
+    while (i < n) {
+        acc_t v[4];
+        int d[4];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+            d[u] = -1;
+            if (i < n) {
+                v[u] = ld_io(base + p * pstride, y * W + x);
+                d[u] = (p * rows + y + off) * pitch + x + off;
+            }
+            i += NT;
+            x += dx;
+            if (x >= W) { x -= W; ++y; }
+            y += dy;
+            if (y >= H) { y -= H; ++p; }
+            p += dp;
+        }
+#pragma unroll
+        for (int u = 0; u < 4; ++u)
+            if (d[u] >= 0) dst[d[u]] = v[u];
+    }
 }
 
 extern "C" __global__ void __launch_bounds__(LB, MINB)
@@ -186,10 +189,11 @@ swc_fwd(const io_t* __restrict__ x, const acc_t* __restrict__ w, const int* __re
     int* s_list = s_id + nk;
 
     compact_active(c, nk, active, s_list, &s_n);
-    stage_x(x, s_x, b0, np, P, C, c, H, W, XR);
+    zero_fill(s_x, P * XPL);
     __syncthreads();
     const int n = s_n;
     stage_tables(c, nk, nrep, n, w, offh, offv, idc, s_w, s_oh, s_ov, s_id, s_list);
+    copy_planes(x, s_x, b0, np, C, c, H, W, XR, XP, 2 * RS);
 
     // output strip owned by this thread: plane op, column ow, rows oh0 .. oh0+PPT-1
     const int nOseg = np * W * NHB;
@@ -320,13 +324,14 @@ swc_bwd(const io_t* __restrict__ x, const io_t* __restrict__ g_h, const io_t* __
     for (int t = tid; t < nk * KK; t += NT)
         if (!active[c * nk + t / KK]) gw_part[((long long)blockIdx.y * C + c) * nk * KK + t] = 0;
     compact_active(c, nk, active, s_list, &s_n);
-    stage_x(x, s_x, b0, np, P, C, c, H, W, XR);
-    stage_planes(g_h, s_g, b0, np, P, C, c, H, W, ZR, ZP, RS);
-    stage_planes(g_v, s_g + PZ, b0, np, P, C, c, H, W, ZR, ZP, RS);
-    stage_planes(g_i, s_g + 2 * PZ, b0, np, P, C, c, H, W, ZR, ZP, RS);
+    zero_fill(s_x, P * XPL + 3 * PZ);  // s_x and s_g are contiguous
     __syncthreads();
     const int n = s_n;
     stage_tables(c, nk, nrep, n, w, offh, offv, idc, s_w, s_oh, s_ov, s_id, s_list);
+    copy_planes(x, s_x, b0, np, C, c, H, W, XR, XP, 2 * RS);
+    copy_planes(g_h, s_g, b0, np, C, c, H, W, ZR, ZP, RS);
+    copy_planes(g_v, s_g + PZ, b0, np, C, c, H, W, ZR, ZP, RS);
+    copy_planes(g_i, s_g + 2 * PZ, b0, np, C, c, H, W, ZR, ZP, RS);
 
     const int nOseg = np * W * NHB;
     const bool own = tid < nOseg;
