@@ -344,6 +344,50 @@ extern "C" __global__ void swc_cross_grad(const float* __restrict__ part, const 
     }
 }
 
+// Head of a block's shared memory, common to forward and backward: a zero line (ldmatrix rows
+// outside the planes), the channel's cross kernels (fp32: [wh KS*L][wv KS*L][wi KS*KS]) and the
+// fragment tables of the three passes. TO: left extent of the long kernels as the passes read them.
+struct CrossHead {
+    u16* zl;
+    float* wt;
+    frag2 *tH, *tV, *tI;
+    int dmH, ndH, dmI, ndI, zbytes;
+};
+
+// Lays the head out from `ptr` and advances `ptr` past it (same sizes as cuda.py:tc_smem_bytes).
+__device__ __forceinline__ CrossHead carve_head(unsigned char*& ptr, int L, int TO, int SPh, int SPv) {
+    CrossHead h;
+    table_geo(L, TO, h.dmH, h.ndH);
+    table_geo(KS, RS, h.dmI, h.ndI);
+    h.zbytes = r16(2 * max(SPh, SPv));
+    h.zl = (u16*)ptr;
+    ptr += h.zbytes;
+    h.wt = (float*)ptr;
+    ptr += r16(4 * (2 * KS * L + KS * KS));
+    h.tH = (frag2*)ptr;
+    ptr += KS * h.ndH * 256;
+    h.tV = (frag2*)ptr;
+    ptr += KS * h.ndH * 256;
+    h.tI = (frag2*)ptr;
+    ptr += KS * h.ndI * 256;
+    return h;
+}
+
+// Zeroes the zero line, builds channel c's cross kernels, then (after one block barrier) their
+// fragment tables; `flip` for the backward data pass. Callers sync before the tables are read.
+__device__ __forceinline__ void fill_head(const CrossHead& h, const float* __restrict__ w,
+                                          const int* __restrict__ perm_h, const int* __restrict__ perm_v,
+                                          const int* __restrict__ ident, const unsigned char* __restrict__ active,
+                                          int c, int C, int nk, int nrep, int TO, bool flip) {
+    const int L = nk * KS;
+    zero_smem(h.zl, h.zbytes);
+    cross_to_smem(h.wt, w, perm_h, perm_v, ident, active, c, C, nk, nrep);
+    __syncthreads();
+    build_table(h.tH, h.wt, L, TO, h.dmH, h.ndH, flip);
+    build_table(h.tV, h.wt + KS * L, L, TO, h.dmH, h.ndH, flip);
+    build_table(h.tI, h.wt + 2 * KS * L, KS, RS, h.dmI, h.ndI, flip);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Forward. Grid (C, ceil(B / P)); block (c, by) computes the P images b0 .. of channel c.
 // ---------------------------------------------------------------------------------------------
@@ -356,33 +400,15 @@ swc_tc_fwd(const u16* __restrict__ x, const float* __restrict__ w, const int* __
     const int L = nk * KS, c = blockIdx.x, b0 = blockIdx.y * P, np = min(P, B - b0);
     const int warp = threadIdx.x >> 5;
     const int SRh = H + 2 * RS, SPh = pitch_of(W), SRv = W + 2 * RS, SPv = pitch_of(H);
-    int dmH, ndH, dmI, ndI;
-    table_geo(L, m, dmH, ndH);
-    table_geo(KS, RS, dmI, ndI);
-
     unsigned char* ptr = smem;
-    u16* zl = (u16*)ptr;
-    ptr += r16(2 * max(SPh, SPv));
-    float* wt = (float*)ptr;  // [wh KS*L][wv KS*L][wi KS*KS]
-    ptr += r16(4 * (2 * KS * L + KS * KS));
-    frag2* tH = (frag2*)ptr;
-    ptr += KS * ndH * 256;
-    frag2* tV = (frag2*)ptr;
-    ptr += KS * ndH * 256;
-    frag2* tI = (frag2*)ptr;
-    ptr += KS * ndI * 256;
+    const CrossHead hd = carve_head(ptr, L, m, SPh, SPv);
     u16* sx = (u16*)ptr;
     ptr += P * SRh * SPh * 2;
     u16* sxt = (u16*)ptr;
     ptr += P * SRv * SPv * 2;
 
-    zero_smem(zl, r16(2 * max(SPh, SPv)));
     zero_smem(sx, (int)(ptr - (unsigned char*)sx));
-    cross_to_smem(wt, w, perm_h, perm_v, ident, active, c, C, nk, nrep);
-    __syncthreads();
-    build_table(tH, wt, L, m, dmH, ndH, false);
-    build_table(tV, wt + KS * L, L, m, dmH, ndH, false);
-    build_table(tI, wt + 2 * KS * L, KS, RS, dmI, ndI, false);
+    fill_head(hd, w, perm_h, perm_v, ident, active, c, C, nk, nrep, m, false);
     {
         const u16* const src[1] = {x};
         u16* const rows[1] = {sx};
@@ -396,13 +422,13 @@ swc_tc_fwd(const u16* __restrict__ x, const float* __restrict__ w, const int* __
     for (int it = warp; it < 2 * MH + MV; it += NWARP) {
         zero_acc(acc);
         if (it < MH) {
-            tpass(acc, sx, SRh, SPh, H, np * H, W, it, tH, dmH, ndH, zl);
+            tpass(acc, sx, SRh, SPh, H, np * H, W, it, hd.tH, hd.dmH, hd.ndH, hd.zl);
             store_tile(acc, out_h, nullptr, b0, C, c, H, W, H, np * H, W, it, false);
         } else if (it < 2 * MH) {
-            tpass(acc, sx, SRh, SPh, H, np * H, W, it - MH, tI, dmI, ndI, zl);
+            tpass(acc, sx, SRh, SPh, H, np * H, W, it - MH, hd.tI, hd.dmI, hd.ndI, hd.zl);
             store_tile(acc, out_i, nullptr, b0, C, c, H, W, H, np * H, W, it - MH, false);
         } else {
-            tpass(acc, sxt, SRv, SPv, W, np * W, H, it - 2 * MH, tV, dmH, ndH, zl);
+            tpass(acc, sxt, SRv, SPv, W, np * W, H, it - 2 * MH, hd.tV, hd.dmH, hd.ndH, hd.zl);
             store_tile(acc, out_v, nullptr, b0, C, c, H, W, W, np * W, H, it - 2 * MH, true);
         }
     }
@@ -497,22 +523,10 @@ swc_tc_bwd(const u16* __restrict__ x, const u16* __restrict__ g_h, const u16* __
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int SRh = H + 2 * RS, SPh = pitch_of(W), SRv = W + 2 * RS, SPv = pitch_of(H);
     const int mf = L - 1 - m;  // left extent of the flipped long kernels
-    int dmH, ndH, dmI, ndI;
-    table_geo(L, mf, dmH, ndH);
-    table_geo(KS, RS, dmI, ndI);
     const int NPASS = 3 * KS;
 
     unsigned char* ptr = smem;
-    u16* zl = (u16*)ptr;
-    ptr += r16(2 * max(SPh, SPv));
-    float* wt = (float*)ptr;
-    ptr += r16(4 * (2 * KS * L + KS * KS));
-    frag2* tH = (frag2*)ptr;
-    ptr += KS * ndH * 256;
-    frag2* tV = (frag2*)ptr;
-    ptr += KS * ndH * 256;
-    frag2* tI = (frag2*)ptr;
-    ptr += KS * ndI * 256;
+    const CrossHead hd = carve_head(ptr, L, mf, SPh, SPv);
     float* scr = (float*)ptr;  // [NWARP][4][32]
     ptr += NWARP * 128 * 4;
     float* sgx = (float*)ptr;  // [P][H][W] vertical part of grad_x
@@ -531,14 +545,9 @@ swc_tc_bwd(const u16* __restrict__ x, const u16* __restrict__ g_h, const u16* __
     u16* sgvt = (u16*)ptr;
     ptr += P * SRv * SPv * 2;
 
-    zero_smem(zl, r16(2 * max(SPh, SPv)));
     zero_smem(tapb, r16(NWARP * NPASS * L * 4));
     zero_smem(zero_from, (int)(ptr - zero_from));
-    cross_to_smem(wt, w, perm_h, perm_v, ident, active, c, C, nk, nrep);
-    __syncthreads();
-    build_table(tH, wt, L, mf, dmH, ndH, true);
-    build_table(tV, wt + KS * L, L, mf, dmH, ndH, true);
-    build_table(tI, wt + 2 * KS * L, KS, RS, dmI, ndI, true);
+    fill_head(hd, w, perm_h, perm_v, ident, active, c, C, nk, nrep, mf, true);
     {
         const u16* const src[4] = {x, g_h, g_i, g_v};
         u16* const rows[4] = {sx, sgh, sgi, nullptr};
@@ -560,7 +569,7 @@ swc_tc_bwd(const u16* __restrict__ x, const u16* __restrict__ g_h, const u16* __
     for (int it = warp; it < MV + NDW; it += NWARP) {
         if (it < MV) {
             zero_acc(acc);
-            tpass(acc, sgvt, SRv, SPv, W, np * W, H, it, tV, dmH, ndH, zl);
+            tpass(acc, sgvt, SRv, SPv, W, np * W, H, it, hd.tV, hd.dmH, hd.ndH, hd.zl);
             const int g = lane >> 2, t4 = lane & 3;
 #pragma unroll
             for (int half = 0; half < 2; ++half) {
@@ -580,12 +589,12 @@ swc_tc_bwd(const u16* __restrict__ x, const u16* __restrict__ g_h, const u16* __
             const int per_u = 2 * MTW + MTH, u = pt / per_u;
             int r = pt - u * per_u;
             if (r < MTW) {  // wh: D[w', w] = sum_h x[h][w'] gH[h - u + RS][w], t = w' - w + m
-                dwpass(mytap + u * L, myscr, sxt, SRv, SPv, W, sgh, SRh, SPh, W, H, r, p0, p1, u, L, m, zl);
+                dwpass(mytap + u * L, myscr, sxt, SRv, SPv, W, sgh, SRh, SPh, W, H, r, p0, p1, u, L, m, hd.zl);
             } else if ((r -= MTW) < MTH) {  // wv: D[h', h] = sum_w x[h'][w] gV[h][w - v + RS], t = h' - h + m
-                dwpass(mytap + (KS + u) * L, myscr, sx, SRh, SPh, H, sgvt, SRv, SPv, H, W, r, p0, p1, u, L, m, zl);
+                dwpass(mytap + (KS + u) * L, myscr, sx, SRh, SPh, H, sgvt, SRv, SPv, H, W, r, p0, p1, u, L, m, hd.zl);
             } else {  // wi: D[w', w] = sum_h x[h][w'] gI[h - u + RS][w], v = w' - w + RS
                 r -= MTH;
-                dwpass(mytap + (2 * KS + u) * L, myscr, sxt, SRv, SPv, W, sgi, SRh, SPh, W, H, r, p0, p1, u, KS, RS, zl);
+                dwpass(mytap + (2 * KS + u) * L, myscr, sxt, SRv, SPv, W, sgi, SRh, SPh, W, H, r, p0, p1, u, KS, RS, hd.zl);
             }
         }
     }
@@ -593,8 +602,8 @@ swc_tc_bwd(const u16* __restrict__ x, const u16* __restrict__ g_h, const u16* __
     // phase 2: horizontal + identity parts of grad_x, plus the vertical part from sgx
     for (int it = warp; it < MH; it += NWARP) {
         zero_acc(acc);
-        tpass(acc, sgh, SRh, SPh, H, np * H, W, it, tH, dmH, ndH, zl);
-        tpass(acc, sgi, SRh, SPh, H, np * H, W, it, tI, dmI, ndI, zl);
+        tpass(acc, sgh, SRh, SPh, H, np * H, W, it, hd.tH, hd.dmH, hd.ndH, hd.zl);
+        tpass(acc, sgi, SRh, SPh, H, np * H, W, it, hd.tI, hd.dmI, hd.ndI, hd.zl);
         store_tile(acc, grad_x, sgx, b0, C, c, H, W, H, np * H, W, it, false);
     }
     // cross-kernel gradient partial of this block: fixed-order sum over warps

@@ -152,6 +152,9 @@ def _launch_raw(kernel: _Kernel, grid: tuple, threads: int, smem: int, device_in
     microseconds of Python per call: more than the kernels themselves at 7x7 and 14x14 planes."""
     if len(sig) != len(args):
         raise ValueError(f"kernel launch: signature {sig!r} does not match {len(args)} arguments")
+    if device_index != torch.cuda.current_device():
+        with torch.cuda.device(device_index):
+            return _launch_raw(kernel, grid, threads, smem, device_index, sig, args)
     layout = _arg_layouts.get(sig)
     if layout is None:
         fields = [(f"a{i}", ctypes.c_void_p if t == "p" else ctypes.c_int32) for i, t in enumerate(sig)]
@@ -163,9 +166,6 @@ def _launch_raw(kernel: _Kernel, grid: tuple, threads: int, smem: int, device_in
     base = ctypes.addressof(values)
     params = array(*[base + o for o in offsets])
     gx, gy = grid
-    if device_index != torch.cuda.current_device():
-        with torch.cuda.device(device_index):
-            return _launch_raw(kernel, grid, threads, smem, device_index, sig, args)
     stream = torch._C._cuda_getCurrentRawStream(device_index)
     try:
         _driver.launchKernel(kernel.ptr, gx, gy, 1, threads, 1, 1, smem, stream, ctypes.addressof(params), 0)
