@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One device session for the CUDA shift-wise op: GPU tests, op benchmark, a short Nsight Compute
-# profile of the stage-1 bf16 kernels. Writes logs / JSON to $OUT (default bench/results).
+# One device session for the CUDA shift-wise op: GPU tests, op benchmark, short Nsight Compute
+# profiles (stage-1 and stage-4 bf16 kernels; stage-1 tensor-core kernels at density 1.0 and 0.3).
+# Writes logs / JSON to $OUT (default bench/results).
 # Usage (repo root, on a GPU machine):  bash bench/gpu_session.sh [--no-tests] [--no-bench] [--no-ncu]
 set -u
 OUT=${OUT:-bench/results}
@@ -27,6 +28,13 @@ if [ $NCU = 1 ] && command -v ncu >/dev/null; then
         || echo "ncu stage $1 failed/timed out"
     grep -E "swc_|Duration|Compute \(SM\) Throughput|Memory Throughput|Achieved Occupancy|Registers Per" \
         "$OUT/ncu_stage$1_bf16.txt" | head -30
+  done
+  # the density gap: tensor-core kernels at stage 1, density 1.0 vs 0.3 (same instruction count)
+  for d in 1.0 0.3; do
+    timeout 100 ncu --kernel-name regex:swc_ --launch-skip 3 --launch-count 3 \
+        --metrics gpu__time_duration.sum,smsp__inst_executed.sum,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active \
+        python3 bench/op_profile.py 1 $d > "$OUT/ncu_tc_stage1_density$d.txt" 2>&1 || echo "ncu density $d failed"
+    grep -E "swc_|duration|inst_executed" "$OUT/ncu_tc_stage1_density$d.txt"
   done
 fi
 if [ $BENCH = 1 ]; then
