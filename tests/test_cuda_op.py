@@ -335,3 +335,20 @@ def test_cuda_on_cpu_tensor_raises():
     w = torch.randn(10, 1, 3, 3)
     with pytest.raises(RuntimeError, match="CUDA"):
         shift_wise_conv_cuda(x, w, perm_h, perm_v, ident, 13)
+
+
+def test_table_cache_follows_in_place_edits():
+    """The device tables are cached per table tensors; an in-place edit of a permutation (version
+    bump) must rebuild them, and a repeat call must not."""
+    if not HAS_CUPY:
+        pytest.skip("cupy not importable")
+    from swconv.ops.cuda import _tables, build_tables
+
+    perm_h, perm_v, ident = make_shift_tables(3, 5, 2)
+    first = _tables(perm_h, perm_v, ident, 13, 3, torch.device("cpu"))
+    assert _tables(perm_h, perm_v, ident, 13, 3, torch.device("cpu")) is first
+    perm_h.copy_(perm_h.flip(-1))
+    rebuilt = _tables(perm_h, perm_v, ident, 13, 3, torch.device("cpu"))
+    assert not torch.equal(rebuilt[0], first[0])
+    for got, want in zip(rebuilt, build_tables(perm_h, perm_v, ident, 13, 3)):
+        assert torch.equal(got, want)

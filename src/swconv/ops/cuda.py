@@ -220,19 +220,23 @@ def build_tables(
     return offsets(perm_h), offsets(perm_v), idc.to(torch.int32).contiguous()
 
 
-def _tables(perm_h, perm_v, identity_pick, big_kernel, ks, device):
-    key = tuple((t.data_ptr(), t._version, tuple(t.shape)) for t in (perm_h, perm_v, identity_pick))
-    key = key + (big_kernel, ks, str(device))
-    hit = _table_cache.get(key)
+def _cached_for(cache: dict, tensors: tuple, extra: tuple, build):
+    """build() cached on the identity of ``tensors`` (data pointer, version counter, shape; an
+    in-place edit bumps the version) plus ``extra``."""
+    key = tuple((t.data_ptr(), t._version, tuple(t.shape)) for t in tensors) + extra
+    hit = cache.get(key)
     if hit is None:
-        if len(_table_cache) > 64:
-            _table_cache.clear()
-        hit = tuple(
-            t.to(device)
-            for t in build_tables(perm_h.to(device), perm_v.to(device), identity_pick.to(device), big_kernel, ks)
-        )
-        _table_cache[key] = hit
+        if len(cache) > 64:
+            cache.clear()
+        hit = cache[key] = build()
     return hit
+
+
+def _tables(perm_h, perm_v, identity_pick, big_kernel, ks, device):
+    def build():
+        return build_tables(*(t.to(device) for t in (perm_h, perm_v, identity_pick)), big_kernel, ks)
+
+    return _cached_for(_table_cache, (perm_h, perm_v, identity_pick), (big_kernel, ks, str(device)), build)
 
 
 _ones_cache: dict[tuple, torch.Tensor] = {}
@@ -416,12 +420,12 @@ def _v2_launches_or_raise(x: torch.Tensor, nk: int, nrep: int, ks: int) -> tuple
 # ----------------------------------------------------------------------------------------------
 # custom ops + autograd
 # ----------------------------------------------------------------------------------------------
-def _v2_forward(x, weight, offh, offv, idc, active):
+def _v2_forward(x, weight, offh, offv, idc, active, launches=None):
     x = x.contiguous()
     outs = [torch.empty_like(x, memory_format=torch.contiguous_format) for _ in range(3)]
     if x.numel() == 0:
         return tuple(o.zero_() for o in outs)
-    fwd, _ = _v2_launches_or_raise(x, offh.shape[1], offh.shape[2], weight.shape[-1])
+    fwd, _ = launches or _v2_launches_or_raise(x, offh.shape[1], offh.shape[2], weight.shape[-1])
     fwd(_dev_index(x), (x, weight.contiguous(), offh, offv, idc, active, *outs))
     return tuple(outs)
 
@@ -443,13 +447,13 @@ def _fwd_fake(x, weight, offh, offv, idc, active):
     return tuple(torch.empty(x.shape, dtype=x.dtype, device=x.device) for _ in range(3))
 
 
-def _v2_backward(x, g_h, g_v, g_i, weight, offh, offv, idc, active):
+def _v2_backward(x, g_h, g_v, g_i, weight, offh, offv, idc, active, launches=None):
     x = x.contiguous()
     C, nk, ks = x.shape[1], offh.shape[1], weight.shape[-1]
     gx = torch.empty_like(x, memory_format=torch.contiguous_format)
     if x.numel() == 0:
         return gx.zero_(), torch.zeros_like(weight)
-    _, bwd = _v2_launches_or_raise(x, nk, offh.shape[2], ks)
+    _, bwd = launches or _v2_launches_or_raise(x, nk, offh.shape[2], ks)
     part = torch.empty((bwd.grid[1], C, nk, ks * ks), dtype=weight.dtype, device=x.device)  # inactive: 0 in-kernel
     grads = [_as(t, x.dtype) for t in (g_h, g_v, g_i)]
     bwd(_dev_index(x), (x, *grads, weight.contiguous(), offh, offv, idc, active, gx, part))
@@ -496,20 +500,22 @@ _fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 class _V2Function(torch.autograd.Function):
-    """Eager autograd of the v1/v2 kernels (the custom ops are for torch.compile; see _TcFunction)."""
+    """Eager autograd of the v1/v2 kernels (the custom ops are for torch.compile; see _TcFunction).
+    ``launches`` are the caller's (forward, backward) launch records, reused by the backward."""
 
     @staticmethod
-    def forward(ctx, x, weight, offh, offv, idc, active):
+    def forward(ctx, x, weight, offh, offv, idc, active, launches):
+        ctx.launches = launches
         ctx.save_for_backward(x, weight, offh, offv, idc, active)
-        return _v2_forward(x, weight, offh, offv, idc, active)
+        return _v2_forward(x, weight, offh, offv, idc, active, launches)
 
     @staticmethod
     def backward(ctx, g_h, g_v, g_i):
         x, weight, offh, offv, idc, active = ctx.saved_tensors
         grads = [torch.zeros_like(x) if g is None else g for g in (g_h, g_v, g_i)]
-        gx, gw = _v2_backward(x, *grads, weight, offh, offv, idc, active)
+        gx, gw = _v2_backward(x, *grads, weight, offh, offv, idc, active, ctx.launches)
         needs = ctx.needs_input_grad
-        return (gx if needs[0] else None, gw if needs[1] else None, None, None, None, None)
+        return (gx if needs[0] else None, gw if needs[1] else None, None, None, None, None, None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -605,14 +611,13 @@ def _paired(W: int, *tensors: torch.Tensor) -> int:
 
 
 def _perm_tables(perm_h, perm_v, identity_pick, device):
-    key = tuple((t.data_ptr(), t._version, tuple(t.shape)) for t in (perm_h, perm_v, identity_pick)) + (str(device),)
-    hit = _perm_cache.get(key)
-    if hit is None:
-        if len(_perm_cache) > 64:
-            _perm_cache.clear()
-        hit = tuple(t.to(device=device, dtype=torch.int32).contiguous() for t in (perm_h, perm_v, identity_pick))
-        _perm_cache[key] = hit
-    return hit
+    tensors = (perm_h, perm_v, identity_pick)
+    return _cached_for(
+        _perm_cache,
+        tensors,
+        (str(device),),
+        lambda: tuple(t.to(device=device, dtype=torch.int32).contiguous() for t in tensors),
+    )
 
 
 @functools.lru_cache(maxsize=256)
@@ -803,7 +808,15 @@ def shift_wise_conv_cuda(
     B, _, H, W = x.shape
     xc = x if x.dtype == dtype else x.to(dtype)
     use_tc = _tc_applies(dtype, B, H, W, nk * ks, big_kernel // 2, ks, _dev_index(x))
-    if not use_tc and not _plane_fits(xc, nk, n_rep, ks):
+    launches = None  # eager v1/v2: the launch records decide the fit and are reused by the op
+    if use_tc:
+        fits = True
+    elif torch.compiler.is_compiling():
+        fits = _plane_fits(xc, nk, n_rep, ks)
+    else:
+        launches = _v2_launches(xc, nk, n_rep, ks)
+        fits = launches is not None
+    if not fits:
         global _warned_fallback
         if not _warned_fallback:
             warnings.warn(
@@ -834,7 +847,7 @@ def shift_wise_conv_cuda(
     offh, offv, idc = _tables(perm_h, perm_v, identity_pick, big_kernel, ks, x.device)
     if torch.compiler.is_compiling():
         return torch.ops.swconv.shift_wise_fwd(x, w, offh, offv, idc, active)
-    return _V2Function.apply(x, w, offh, offv, idc, active)
+    return _V2Function.apply(x, w, offh, offv, idc, active, launches)
 
 
 def kernel_info(x_shape, dtype=torch.bfloat16, nk=17, nrep=4, ks=3, device_index=0, big_kernel=None) -> dict:
