@@ -273,8 +273,8 @@ def test_autocast_bf16_and_poisoned_outputs():
 @pytest.mark.skipif(not (HAS_CUDA and HAS_CUPY), reason="needs a CUDA GPU and CuPy")
 @pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16])
 def test_torch_compile_traces_around_op(dt):
-    """torch.compile traces around the op (v2 kernels for fp32, tensor-core kernels for bf16) and
-    gets the eager results and gradients."""
+    """torch.compile(fullgraph=True) traces the op without a graph break (v2 kernels for fp32,
+    tensor-core kernels for bf16) and gets the eager results and gradients."""
     from swconv.ops.cuda import shift_wise_conv_cuda
 
     cfg = dict(B=2, C=3, H=9, W=9, k=3, K=13, n_rep=2, n_path=1, density=0.7, dtype=dt, layout="contiguous")
@@ -285,7 +285,7 @@ def test_torch_compile_traces_around_op(dt):
         return (torch.relu(h.float()) + v.float() * 2 + i.float()).sum()
 
     results = []
-    for fn in (f, torch.compile(f)):
+    for fn in (f, torch.compile(f, fullgraph=True)):
         xr, wr = x.clone().requires_grad_(True), weight.clone().requires_grad_(True)
         loss = fn(xr, wr)
         loss.backward()
@@ -325,6 +325,18 @@ def test_launch_from_fresh_thread(dt):
         assert torch.equal(a, b)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not (HAS_CUDA and HAS_CUPY), reason="needs a CUDA GPU and CuPy")
+def test_mask_of_wrong_size_raises():
+    """A mask must have one entry per small kernel: the kernels would read past a shorter one."""
+    from swconv.ops.cuda import shift_wise_conv_cuda
+
+    cfg = dict(B=1, C=3, H=9, W=9, k=3, K=13, n_rep=2, n_path=1, density=0.7, dtype=torch.float32, layout="contiguous")
+    x, weight, ph, pv, ident, active = make_inputs(cfg, 5)
+    with pytest.raises(ValueError, match="one per small kernel"):
+        shift_wise_conv_cuda(x, weight, ph, pv, ident, cfg["K"], active[:-1])
+
+
 def test_cuda_on_cpu_tensor_raises():
     if not HAS_CUPY:
         pytest.skip("cupy not importable")
@@ -349,6 +361,7 @@ def test_table_cache_follows_in_place_edits():
     assert _tables(perm_h, perm_v, ident, 13, 3, torch.device("cpu")) is first
     perm_h.copy_(perm_h.flip(-1))
     rebuilt = _tables(perm_h, perm_v, ident, 13, 3, torch.device("cpu"))
-    assert not torch.equal(rebuilt[0], first[0])
-    for got, want in zip(rebuilt, build_tables(perm_h, perm_v, ident, 13, 3)):
+    assert not torch.equal(rebuilt.offh, first.offh) and not torch.equal(rebuilt.perm_h, first.perm_h)
+    assert torch.equal(rebuilt.perm_h, perm_h.to(torch.int32))
+    for got, want in zip(rebuilt[3:], build_tables(perm_h, perm_v, ident, 13, 3)):
         assert torch.equal(got, want)

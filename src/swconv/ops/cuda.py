@@ -31,6 +31,7 @@ import ctypes
 import functools
 import math
 import os
+import threading
 import warnings
 from pathlib import Path
 from typing import NamedTuple
@@ -135,63 +136,66 @@ def _functions(version: str, dtype_code: int, ks: int, ppt: int, lb: int, zp: in
 
 
 class _Kernel:
-    """A compiled kernel and its CUfunction handle (the handle is what ``_launch_raw`` needs)."""
+    """A compiled kernel and its CUfunction handle (the handle is what ``_Launch`` launches)."""
 
     def __init__(self, raw):
         self.raw, self.ptr = raw, raw.kernel.ptr
 
 
-_arg_layouts: dict[str, tuple] = {}
+class _Launch:
+    """One kernel launch of a fixed shape with its argument block built once: a call writes the
+    tensors' addresses (and any late ints) into the block and calls ``cuLaunchKernel`` on
+    PyTorch's current stream. Building the ctypes block per call, or CuPy's generic launch path,
+    cost tens of microseconds of Python: more than the kernels themselves at 7x7 planes.
 
+    Arguments are ``n_ptr`` pointers followed by int32s: the fixed ``ints``, then ``n_late`` set
+    per call."""
 
-def _launch_raw(kernel: _Kernel, grid: tuple, threads: int, smem: int, device_index: int, sig: str, args) -> None:
-    """cuLaunchKernel on PyTorch's current stream. ``sig`` has one letter per argument: ``p`` a
-    pointer (a tensor or a raw address), ``i`` an int32.
-
-    CuPy's generic launch (argument boxing, Device / Stream context managers) costs tens of
-    microseconds of Python per call: more than the kernels themselves at 7x7 and 14x14 planes."""
-    if len(sig) != len(args):
-        raise ValueError(f"kernel launch: signature {sig!r} does not match {len(args)} arguments")
-    if device_index != torch.cuda.current_device():
-        with torch.cuda.device(device_index):
-            return _launch_raw(kernel, grid, threads, smem, device_index, sig, args)
-    layout = _arg_layouts.get(sig)
-    if layout is None:
-        fields = [(f"a{i}", ctypes.c_void_p if t == "p" else ctypes.c_int32) for i, t in enumerate(sig)]
+    def __init__(self, kernel: _Kernel, grid: tuple[int, int], threads: int, smem: int, n_ptr: int, ints, n_late=0):
+        self.kernel, self.grid, self.threads, self.smem = kernel, grid, threads, smem
+        self.n_ptr, self._n_fixed = n_ptr, len(ints)
+        n_int = len(ints) + n_late
+        fields = [(f"p{i}", ctypes.c_void_p) for i in range(n_ptr)] + [(f"i{i}", ctypes.c_int32) for i in range(n_int)]
         struct = type("KernelArgs", (ctypes.Structure,), {"_fields_": fields})
-        layout = (struct, [getattr(struct, n).offset for n, _ in fields], ctypes.c_void_p * len(fields))
-        _arg_layouts[sig] = layout
-    struct, offsets, array = layout
-    values = struct(*[a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args])
-    base = ctypes.addressof(values)
-    params = array(*[base + o for o in offsets])
-    gx, gy = grid
-    stream = torch._C._cuda_getCurrentRawStream(device_index)
-    try:
-        _driver.launchKernel(kernel.ptr, gx, gy, 1, threads, 1, 1, smem, stream, ctypes.addressof(params), 0)
-    except _driver.CUDADriverError as exc:
-        # a thread that has made no CUDA runtime call yet (autograd's device thread, say) has no
-        # current context for the driver API: bind the device's primary context, then retry once
-        if "INVALID_CONTEXT" not in str(exc):
-            raise
-        cupy.cuda.runtime.setDevice(device_index)
-        cupy.cuda.runtime.free(0)
-        _driver.launchKernel(kernel.ptr, gx, gy, 1, threads, 1, 1, smem, stream, ctypes.addressof(params), 0)
+        self._block = struct()  # owns the memory the views below point into
+        base = ctypes.addressof(self._block)
+        self._ptrs = (ctypes.c_uint64 * n_ptr).from_address(base)  # pointers first: offsets 0, 8, ...
+        self._ints = (ctypes.c_int32 * n_int).from_address(base + 8 * n_ptr)
+        self._ints[: len(ints)] = list(ints)
+        self._params = (ctypes.c_void_p * len(fields))(*[base + getattr(struct, n).offset for n, _ in fields])
+        self._params_at = ctypes.addressof(self._params)
+        # the block is shared state: two threads (say autograd's device thread and the main one)
+        # must not interleave filling it and launching
+        self._lock = threading.Lock()
 
+    def __call__(self, device_index: int, tensors: tuple, late: tuple[int, ...] = ()) -> None:
+        if len(tensors) != self.n_ptr or len(late) != len(self._ints) - self._n_fixed:
+            raise ValueError(
+                f"kernel launch: expected {self.n_ptr} tensors and {len(self._ints) - self._n_fixed} late ints, "
+                f"got {len(tensors)} and {len(late)}"
+            )
+        if device_index != torch.cuda.current_device():
+            with torch.cuda.device(device_index):
+                return self(device_index, tensors, late)
+        stream = torch._C._cuda_getCurrentRawStream(device_index)
+        gx, gy = self.grid
+        with self._lock:
+            self._ptrs[:] = [t.data_ptr() for t in tensors]
+            if late:
+                self._ints[self._n_fixed :] = list(late)
+            try:
+                self._launch(gx, gy, stream)
+            except _driver.CUDADriverError as exc:
+                # a thread that has made no CUDA runtime call yet (autograd's device thread, say) has
+                # no current context for the driver API: bind the device's primary context, retry once
+                if "INVALID_CONTEXT" not in str(exc):
+                    raise
+                cupy.cuda.runtime.setDevice(device_index)
+                cupy.cuda.runtime.free(0)
+                self._launch(gx, gy, stream)
 
-class _Launch(NamedTuple):
-    """One kernel launch of a fixed shape: the per-call work is allocating and passing pointers."""
-
-    kernel: _Kernel
-    grid: tuple[int, int]
-    threads: int
-    smem: int
-    sig: str
-    ints: tuple[int, ...]
-
-    def __call__(self, device_index: int, pointers: tuple, extra_ints: tuple[int, ...] = ()) -> None:
-        args = (*pointers, *self.ints, *extra_ints)
-        _launch_raw(self.kernel, self.grid, self.threads, self.smem, device_index, self.sig, args)
+    def _launch(self, gx: int, gy: int, stream: int) -> None:
+        _driver.launchKernel(self.kernel.ptr, gx, gy, 1, self.threads, 1, 1, self.smem, stream, self._params_at, 0)
 
 
 _MISSING = object()
@@ -200,7 +204,6 @@ _MISSING = object()
 # ----------------------------------------------------------------------------------------------
 # tables
 # ----------------------------------------------------------------------------------------------
-_table_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
 
 def build_tables(
@@ -232,9 +235,25 @@ def _cached_for(cache: dict, tensors: tuple, extra: tuple, build):
     return hit
 
 
-def _tables(perm_h, perm_v, identity_pick, big_kernel, ks, device):
+class _DeviceTables(NamedTuple):
+    """Int32 device tables of one layer: the permutations as given (tc kernels) and the inverse
+    offsets with the identity counts (v1 / v2 kernels and the tc cross-kernel gradient)."""
+
+    perm_h: torch.Tensor
+    perm_v: torch.Tensor
+    identity_pick: torch.Tensor
+    offh: torch.Tensor
+    offv: torch.Tensor
+    idc: torch.Tensor
+
+
+_table_cache: dict[tuple, _DeviceTables] = {}
+
+
+def _tables(perm_h, perm_v, identity_pick, big_kernel, ks, device) -> _DeviceTables:
     def build():
-        return build_tables(*(t.to(device) for t in (perm_h, perm_v, identity_pick)), big_kernel, ks)
+        on_device = [t.to(device=device, dtype=torch.int32).contiguous() for t in (perm_h, perm_v, identity_pick)]
+        return _DeviceTables(*on_device, *build_tables(*on_device, big_kernel, ks))
 
     return _cached_for(_table_cache, (perm_h, perm_v, identity_pick), (big_kernel, ks, str(device)), build)
 
@@ -374,17 +393,18 @@ def _dev_index(t: torch.Tensor) -> int:
 _v2_launch_cache: dict[tuple, tuple[_Launch, _Launch] | None] = {}
 
 
-def _v2_launches(x: torch.Tensor, nk: int, nrep: int, ks: int) -> tuple[_Launch, _Launch] | None:
-    """(forward, backward) launches of the v1 / v2 kernels for x's shape, or None when a plane
-    does not fit in shared memory. Cached per shape and per kernel environment variables."""
-    B, C, H, W = x.shape
-    idx, version = _dev_index(x), kernel_version()
+def _v2_launches(shape: tuple, dtype: torch.dtype, idx: int, nk: int, nrep: int, ks: int):
+    """(forward, backward) launches of the v1 / v2 kernels for planes of ``shape`` on device
+    ``idx``, or None when a plane does not fit in shared memory. Cached per shape and per kernel
+    environment variables."""
+    B, C, H, W = shape
+    version = kernel_version()
     env = (os.environ.get("SWCONV_CUDA_TALL"), os.environ.get("SWCONV_CUDA_MINB"))
-    key = (version, x.dtype, B, C, H, W, nk, nrep, ks, idx, env)
+    key = (version, dtype, B, C, H, W, nk, nrep, ks, idx, env)
     hit = _v2_launch_cache.get(key, _MISSING)
     if hit is not _MISSING:
         return hit
-    acc = 8 if x.dtype == torch.float64 else 4
+    acc = 8 if dtype == torch.float64 else 4
     plans = [_plan(version, B, C, H, W, nk, nrep, ks, acc, bwd, _smem_optin(idx)) for bwd in (False, True)]
     hit = None
     if None not in plans:
@@ -392,9 +412,9 @@ def _v2_launches(x: torch.Tensor, nk: int, nrep: int, ks: int) -> tuple[_Launch,
         # pointers: forward x, w, offh, offv, idc, active, 3 outputs; backward adds 3 grads, grad_x, partials
         for n_ptr, plan, which in ((9, plans[0], 0), (11, plans[1], 1)):
             P, nt, ppt, lb, ch, smem, zp, zr = plan
-            fn = _functions(version, _DTYPE_CODE[x.dtype], ks, ppt, lb, zp, idx)[which]
+            fn = _functions(version, _DTYPE_CODE[dtype], ks, ppt, lb, zp, idx)[which]
             ints = (B, C, H, W, nk, nrep, P, ch) + ((zr,) if version == "v2" else ())
-            launches.append(_Launch(fn, (C, (B + P - 1) // P), nt, smem, "p" * n_ptr + "i" * len(ints), ints))
+            launches.append(_Launch(fn, (C, (B + P - 1) // P), nt, smem, n_ptr, ints))
         hit = tuple(launches)
     if len(_v2_launch_cache) > 256:
         _v2_launch_cache.clear()
@@ -402,16 +422,8 @@ def _v2_launches(x: torch.Tensor, nk: int, nrep: int, ks: int) -> tuple[_Launch,
     return hit
 
 
-def _plane_fits(x: torch.Tensor, nk: int, nrep: int, ks: int) -> bool:
-    """Whether the v1 / v2 kernels take x's planes (plans only: nothing compiled, so dynamo can
-    trace it)."""
-    B, C, H, W = x.shape
-    acc, optin, version = 8 if x.dtype == torch.float64 else 4, _smem_optin(_dev_index(x)), kernel_version()
-    return all(_plan(version, B, C, H, W, nk, nrep, ks, acc, bwd, optin) is not None for bwd in (False, True))
-
-
 def _v2_launches_or_raise(x: torch.Tensor, nk: int, nrep: int, ks: int) -> tuple[_Launch, _Launch]:
-    launches = _v2_launches(x, nk, nrep, ks)
+    launches = _v2_launches(tuple(x.shape), x.dtype, _dev_index(x), nk, nrep, ks)
     if launches is None:
         raise RuntimeError(f"shift-wise CUDA kernel: a {x.shape[-2]}x{x.shape[-1]} plane does not fit in shared memory")
     return launches
@@ -501,21 +513,24 @@ _fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 class _V2Function(torch.autograd.Function):
     """Eager autograd of the v1/v2 kernels (the custom ops are for torch.compile; see _TcFunction).
-    ``launches`` are the caller's (forward, backward) launch records, reused by the backward."""
+    ``launches`` are the caller's (forward, backward) launch records, reused by the backward. The
+    tables and the mask are buffers without gradient: kept on ctx, not saved (each saved tensor
+    costs a pack and an unpack per call)."""
 
     @staticmethod
-    def forward(ctx, x, weight, offh, offv, idc, active, launches):
-        ctx.launches = launches
-        ctx.save_for_backward(x, weight, offh, offv, idc, active)
-        return _v2_forward(x, weight, offh, offv, idc, active, launches)
+    def forward(ctx, x, weight, tables, active, launches):
+        ctx.tables, ctx.active, ctx.launches = tables, active, launches
+        ctx.save_for_backward(x, weight)
+        return _v2_forward(x, weight, tables.offh, tables.offv, tables.idc, active, launches)
 
     @staticmethod
     def backward(ctx, g_h, g_v, g_i):
-        x, weight, offh, offv, idc, active = ctx.saved_tensors
+        x, weight = ctx.saved_tensors
+        t = ctx.tables
         grads = [torch.zeros_like(x) if g is None else g for g in (g_h, g_v, g_i)]
-        gx, gw = _v2_backward(x, *grads, weight, offh, offv, idc, active, ctx.launches)
+        gx, gw = _v2_backward(x, *grads, weight, t.offh, t.offv, t.idc, ctx.active, ctx.launches)
         needs = ctx.needs_input_grad
-        return (gx if needs[0] else None, gw if needs[1] else None, None, None, None, None, None)
+        return gx if needs[0] else None, gw if needs[1] else None, None, None, None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -602,22 +617,9 @@ def _tc_applies(dtype: torch.dtype, B: int, H: int, W: int, L: int, m: int, ks: 
     return all(tc_launch_plan(B, H, W, L, m, ks, bwd, optin) is not None for bwd in (False, True))
 
 
-_perm_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-
-
 def _paired(W: int, *tensors: torch.Tensor) -> int:
     """1 when planes can be staged two elements at a time (even W, 4-byte aligned data)."""
     return int(W % 2 == 0 and all(t.data_ptr() % 4 == 0 for t in tensors))
-
-
-def _perm_tables(perm_h, perm_v, identity_pick, device):
-    tensors = (perm_h, perm_v, identity_pick)
-    return _cached_for(
-        _perm_cache,
-        tensors,
-        (str(device),),
-        lambda: tuple(t.to(device=device, dtype=torch.int32).contiguous() for t in tensors),
-    )
 
 
 @functools.lru_cache(maxsize=256)
@@ -630,24 +632,27 @@ def _tc_launches(dtype: torch.dtype, B: int, C: int, H: int, W: int, nk: int, nr
     gy = (B + Pb - 1) // Pb
     return (
         # x, w, perm_h, perm_v, identity_pick, active, 3 outputs
-        _Launch(fwd, (C, (B + Pf - 1) // Pf), _TC_THREADS, smem_f, "p" * 9 + "i" * 9, (B, C, H, W, nk, nrep, m, Pf)),
+        _Launch(fwd, (C, (B + Pf - 1) // Pf), _TC_THREADS, smem_f, 9, (B, C, H, W, nk, nrep, m, Pf), n_late=1),
         # x, 3 grads, w, perm_h, perm_v, identity_pick, active, grad_x, partials
-        _Launch(bwd, (C, gy), _TC_THREADS, smem_b, "p" * 11 + "i" * 9, (B, C, H, W, nk, nrep, m, Pb)),
+        _Launch(bwd, (C, gy), _TC_THREADS, smem_b, 11, (B, C, H, W, nk, nrep, m, Pb), n_late=1),
         # partials, offh, offv, idc, active, grad_w
-        _Launch(cross_grad, (C, 1), 256, 3 * ks * L * 4, "p" * 6 + "i" * 5, (C, nk, nrep, m, gy)),
+        _Launch(cross_grad, (C, 1), 256, 3 * ks * L * 4, 6, (C, nk, nrep, m, gy)),
     )
 
 
-def _tc_forward(x, weight, perm_h, perm_v, identity_pick, active, big_kernel: int):
-    """Launches swc_tc_fwd; returns (out_h, out_v, out_i)."""
+def _tc_forward(x, weight, perm_h, perm_v, identity_pick, active, big_kernel: int, launches=None):
+    """Launches swc_tc_fwd; returns (out_h, out_v, out_i). ``launches``: the shape's
+    ``_tc_launches`` when the caller has them."""
     x = x.contiguous()
     B, C, H, W = x.shape
     outs = [torch.empty_like(x, memory_format=torch.contiguous_format) for _ in range(3)]
     if x.numel() == 0:
         return tuple(o.zero_() for o in outs)
-    n_rep, _, nk = perm_h.shape
     idx = _dev_index(x)
-    fwd = _tc_launches(x.dtype, B, C, H, W, nk, n_rep, weight.shape[-1], big_kernel // 2, idx)[0]
+    if launches is None:
+        n_rep, _, nk = perm_h.shape
+        launches = _tc_launches(x.dtype, B, C, H, W, nk, n_rep, weight.shape[-1], big_kernel // 2, idx)
+    fwd = launches[0]
     fwd(idx, (x, weight, perm_h, perm_v, identity_pick, active, *outs), (_paired(W, x),))
     return tuple(outs)
 
@@ -675,7 +680,9 @@ def _tc_fwd_fake(x, weight, perm_h, perm_v, identity_pick, offh, offv, idc, acti
     return tuple(torch.empty(x.shape, dtype=x.dtype, device=x.device) for _ in range(3))
 
 
-def _tc_backward_launch(x, g_h, g_v, g_i, weight, perm_h, perm_v, identity_pick, offh, offv, idc, active, big_kernel):
+def _tc_backward_launch(
+    x, g_h, g_v, g_i, weight, perm_h, perm_v, identity_pick, offh, offv, idc, active, big_kernel, launches=None
+):
     """Launches swc_tc_bwd + swc_cross_grad; returns (grad_x, grad of the summed small kernels)."""
     x = x.contiguous()
     B, C, H, W = x.shape
@@ -686,7 +693,9 @@ def _tc_backward_launch(x, g_h, g_v, g_i, weight, perm_h, perm_v, identity_pick,
     if x.numel() == 0:
         return gx.zero_(), gw.zero_()
     idx = _dev_index(x)
-    _, bwd, cross_grad = _tc_launches(x.dtype, B, C, H, W, nk, n_rep, ks, big_kernel // 2, idx)
+    if launches is None:
+        launches = _tc_launches(x.dtype, B, C, H, W, nk, n_rep, ks, big_kernel // 2, idx)
+    _, bwd, cross_grad = launches
     part = torch.empty((bwd.grid[1], C, 3, ks, nk * ks), dtype=torch.float32, device=x.device)
     grads = [_as(t, x.dtype) for t in (g_h, g_v, g_i)]
     bwd(idx, (x, *grads, weight, perm_h, perm_v, identity_pick, active, gx, part), (_paired(W, x, *grads),))
@@ -739,24 +748,23 @@ _tc_fwd_op.register_autograd(_tc_backward, setup_context=_tc_setup_context)
 
 class _TcFunction(torch.autograd.Function):
     """Eager autograd of the tensor-core path. The custom ops above are what torch.compile sees;
-    eager calls skip their Python dispatch (measured about 0.3 ms per call on the H100 host)."""
+    eager calls skip their Python dispatch (measured about 0.3 ms per call on the H100 host).
+    Tables and mask stay on ctx, as in _V2Function."""
 
     @staticmethod
-    def forward(ctx, x, weight, perm_h, perm_v, identity_pick, active, big_kernel):
-        ctx.big_kernel = big_kernel
-        ctx.save_for_backward(x, weight, perm_h, perm_v, identity_pick, active)
-        return _tc_forward(x, weight, perm_h, perm_v, identity_pick, active, big_kernel)
+    def forward(ctx, x, weight, tables, active, big_kernel, launches):
+        ctx.tables, ctx.active, ctx.big_kernel, ctx.launches = tables, active, big_kernel, launches
+        ctx.save_for_backward(x, weight)
+        t = tables
+        return _tc_forward(x, weight, t.perm_h, t.perm_v, t.identity_pick, active, big_kernel, launches)
 
     @staticmethod
     def backward(ctx, g_h, g_v, g_i):
-        x, weight, perm_h, perm_v, identity_pick, active = ctx.saved_tensors
-        # the device tables of the permutations (cached), in the layout of offh / offv / idc
-        offh, offv, idc = _tables(perm_h, perm_v, identity_pick, ctx.big_kernel, weight.shape[-1], x.device)
+        x, weight = ctx.saved_tensors
         grads = [torch.zeros_like(x) if g is None else g for g in (g_h, g_v, g_i)]
-        tables = (perm_h, perm_v, identity_pick, offh, offv, idc)
-        gx, gw = _tc_backward_launch(x, *grads, weight, *tables, active, ctx.big_kernel)
+        gx, gw = _tc_backward_launch(x, *grads, weight, *ctx.tables, ctx.active, ctx.big_kernel, ctx.launches)
         needs = ctx.needs_input_grad
-        return (gx if needs[0] else None, gw if needs[1] else None, None, None, None, None, None)
+        return gx if needs[0] else None, gw if needs[1] else None, None, None, None, None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -776,6 +784,68 @@ def _autocast_dtype(x: torch.Tensor) -> torch.dtype:
         except (AttributeError, TypeError):
             return torch.get_autocast_gpu_dtype()
     return x.dtype
+
+
+_route_cache: dict[tuple, tuple] = {}
+
+
+def _route(shape, dtype: torch.dtype, nk: int, n_rep: int, ks: int, big_kernel: int, idx: int) -> tuple:
+    """("tc", tc launches), ("v2", v1/v2 launches) or ("torch", None) for one call's shape, dtype
+    and the kernel environment variables; decided once per combination (eager calls only)."""
+    env = (os.environ.get(KERNEL_ENV), os.environ.get("SWCONV_CUDA_TALL"), os.environ.get("SWCONV_CUDA_MINB"))
+    key = (shape, dtype, nk, n_rep, ks, big_kernel, idx, env)
+    hit = _route_cache.get(key)
+    if hit is None:
+        B, C, H, W = shape
+        m = big_kernel // 2
+        if _tc_applies(dtype, B, H, W, nk * ks, m, ks, idx):
+            hit = ("tc", _tc_launches(dtype, B, C, H, W, nk, n_rep, ks, m, idx))
+        else:
+            launches = _v2_launches(tuple(shape), dtype, idx, nk, n_rep, ks)
+            hit = ("v2", launches) if launches is not None else ("torch", None)
+        if len(_route_cache) > 256:
+            _route_cache.clear()
+        _route_cache[key] = hit
+    return hit
+
+
+@torch.compiler.assume_constant_result
+def _traced_route(shape: tuple, dtype: torch.dtype, nk: int, n_rep: int, ks: int, big_kernel: int, idx: int) -> str:
+    """ "tc", "v2" or "torch" under torch.compile: plans only (nothing compiled), evaluated once
+    while tracing, so the graph holds no environment reads or plan caches."""
+    B, C, H, W = shape
+    if _tc_applies(dtype, B, H, W, nk * ks, big_kernel // 2, ks, idx):
+        return "tc"
+    acc, optin, version = 8 if dtype == torch.float64 else 4, _smem_optin(idx), kernel_version()
+    fits = all(_plan(version, B, C, H, W, nk, n_rep, ks, acc, bwd, optin) is not None for bwd in (False, True))
+    return "v2" if fits else "torch"
+
+
+def _active_bytes(kernel_active: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor:
+    """The mask as the kernels read it: uint8 (n,) on ``device``, all ones when None."""
+    if kernel_active is None:
+        if torch.compiler.is_compiling():
+            return torch.ones(n, dtype=torch.uint8, device=device)
+        return _all_active(n, device)
+    if kernel_active.dtype == torch.bool and kernel_active.device == device and not torch.compiler.is_compiling():
+        # same bytes, no conversion kernel (eager only: inductor cannot lower a bool bitcast)
+        flat = kernel_active if kernel_active.dim() == 1 else kernel_active.reshape(-1)
+        return _as(flat.view(torch.uint8), torch.uint8)
+    return kernel_active.reshape(-1).to(device=device, dtype=torch.uint8).contiguous()
+
+
+def _fallback(x, weight, perm_h, perm_v, identity_pick, big_kernel, kernel_active):
+    global _warned_fallback
+    if not _warned_fallback:
+        warnings.warn(
+            f"shift-wise CUDA kernels: {x.shape[-2]}x{x.shape[-1]} planes exceed shared memory; "
+            "using the PyTorch formulation",
+            stacklevel=3,
+        )
+        _warned_fallback = True
+    from .functional import shift_wise_conv
+
+    return shift_wise_conv(x, weight, perm_h, perm_v, identity_pick, big_kernel, kernel_active, impl="torch")
 
 
 def shift_wise_conv_cuda(
@@ -802,52 +872,39 @@ def shift_wise_conv_cuda(
             f"shape mismatch: x {tuple(x.shape)}, weight {tuple(weight.shape)}, "
             f"tables (N_rep, C, nk) = {tuple(perm_h.shape)}"
         )
+    if kernel_active is not None and kernel_active.numel() != channels * nk:
+        raise ValueError(
+            f"kernel_active has {kernel_active.numel()} entries; it needs one per small kernel "
+            f"(C * nk = {channels} * {nk} = {channels * nk})"
+        )
     dtype = _autocast_dtype(x)
     if dtype not in _DTYPE_CODE:
         raise TypeError(f"shift_wise_conv_cuda supports float32/float16/bfloat16/float64, got {dtype}")
-    B, _, H, W = x.shape
-    xc = x if x.dtype == dtype else x.to(dtype)
-    use_tc = _tc_applies(dtype, B, H, W, nk * ks, big_kernel // 2, ks, _dev_index(x))
-    launches = None  # eager v1/v2: the launch records decide the fit and are reused by the op
-    if use_tc:
-        fits = True
-    elif torch.compiler.is_compiling():
-        fits = _plane_fits(xc, nk, n_rep, ks)
-    else:
-        launches = _v2_launches(xc, nk, n_rep, ks)
-        fits = launches is not None
-    if not fits:
-        global _warned_fallback
-        if not _warned_fallback:
-            warnings.warn(
-                f"shift-wise CUDA kernels: {x.shape[-2]}x{x.shape[-1]} planes exceed shared memory; "
-                "using the PyTorch formulation",
-                stacklevel=2,
-            )
-            _warned_fallback = True
-        from .functional import shift_wise_conv
-
-        return shift_wise_conv(x, weight, perm_h, perm_v, identity_pick, big_kernel, kernel_active, impl="torch")
-    x = xc
-    w = _as(weight, torch.float64 if dtype == torch.float64 else torch.float32)
-    if kernel_active is None:
-        active = _all_active(channels * nk, x.device)
-    elif kernel_active.dtype == torch.bool and kernel_active.device == x.device and not torch.compiler.is_compiling():
-        # same bytes, no conversion kernel (eager only: inductor cannot lower a bool bitcast)
-        active = kernel_active.reshape(-1).view(torch.uint8).contiguous()
-    else:
-        active = kernel_active.reshape(-1).to(device=x.device, dtype=torch.uint8).contiguous()
-    if use_tc:
-        ph, pv, pi = _perm_tables(perm_h, perm_v, identity_pick, x.device)
-        if torch.compiler.is_compiling():
-            offh, offv, idc = _tables(perm_h, perm_v, identity_pick, big_kernel, ks, x.device)
-            tables = (ph, pv, pi, offh, offv, idc)
-            return torch.ops.swconv.shift_wise_tc_fwd(x, w, *tables, active, big_kernel)
-        return _TcFunction.apply(x, w, ph, pv, pi, active, big_kernel)
-    offh, offv, idc = _tables(perm_h, perm_v, identity_pick, big_kernel, ks, x.device)
+    idx = _dev_index(x)
+    w_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     if torch.compiler.is_compiling():
-        return torch.ops.swconv.shift_wise_fwd(x, w, offh, offv, idc, active)
-    return _V2Function.apply(x, w, offh, offv, idc, active, launches)
+        route = _traced_route(tuple(x.shape), dtype, nk, n_rep, ks, big_kernel, idx)
+        if route == "torch":
+            return _fallback(x, weight, perm_h, perm_v, identity_pick, big_kernel, kernel_active)
+        # tables built in the graph: the eager cache keys on data pointers, which tracing cannot read
+        tables = [t.to(device=x.device, dtype=torch.int32) for t in (perm_h, perm_v, identity_pick)]
+        tables += build_tables(*tables, big_kernel, ks)
+        x, w = x.to(dtype), weight.to(w_dtype)
+        active = _active_bytes(kernel_active, channels * nk, x.device)
+        if route == "tc":
+            return torch.ops.swconv.shift_wise_tc_fwd(x, w, *tables, active, big_kernel)
+        return torch.ops.swconv.shift_wise_fwd(x, w, *tables[3:], active)
+    route, launches = _route(x.shape, dtype, nk, n_rep, ks, big_kernel, idx)
+    if route == "torch":
+        return _fallback(x, weight, perm_h, perm_v, identity_pick, big_kernel, kernel_active)
+    if x.dtype != dtype:
+        x = x.to(dtype)
+    w = _as(weight, w_dtype)
+    active = _active_bytes(kernel_active, channels * nk, x.device)
+    tables = _tables(perm_h, perm_v, identity_pick, big_kernel, ks, x.device)
+    if route == "tc":
+        return _TcFunction.apply(x, w, tables, active, big_kernel, launches)
+    return _V2Function.apply(x, w, tables, active, launches)
 
 
 def kernel_info(x_shape, dtype=torch.bfloat16, nk=17, nrep=4, ks=3, device_index=0, big_kernel=None) -> dict:
