@@ -13,6 +13,7 @@ bench/results/ (and to --out) and prints a table with ratios last.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -53,6 +54,37 @@ def versions():
         except Exception as exc:  # noqa: BLE001
             v[m] = f"missing ({type(exc).__name__})"
     return v
+
+
+def toeplitz_block_occupancy(perm: torch.Tensor, active: torch.Tensor, big_kernel: int) -> float:
+    """Fraction of the tensor-core forward's 16 x 8 Toeplitz blocks (one per channel, short-axis
+    tap and block diagonal d) that hold a non-zero tap under the mask ``active`` (C * nk): the
+    most a kernel that skips all-zero blocks could save. Block d covers the long-axis taps
+    8d + m - 7 ... 8d + m + 15 (kernels/shift_wise_tc.cu, table_geo)."""
+    n_rep, channels, nk = perm.shape
+    on = active.view(channels, nk).cpu()
+    slot_on = torch.zeros(channels, nk, dtype=torch.bool)
+    for g in range(n_rep):  # slot s of group g holds kernel perm[g, c, s]
+        slot_on |= torch.gather(on, 1, perm[g].long().cpu())
+    tap_on = slot_on.repeat_interleave(K_SMALL, 1)
+    L, m = nk * K_SMALL, big_kernel // 2
+    spans = [(max(8 * d + m - 7, 0), min(8 * d + m + 15, L - 1)) for d in range(-((15 + m) // 8), (L + 6 - m) // 8 + 1)]
+    hit = [tap_on[:, lo : hi + 1].any(1) for lo, hi in spans if lo <= hi]
+    return torch.stack(hit).float().mean().item()
+
+
+@contextlib.contextmanager
+def forced_kernel(name: str):
+    """$SWCONV_CUDA_KERNEL=name for the block, restored afterwards even on an error."""
+    before = os.environ.get("SWCONV_CUDA_KERNEL")
+    os.environ["SWCONV_CUDA_KERNEL"] = name
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("SWCONV_CUDA_KERNEL", None)
+        else:
+            os.environ["SWCONV_CUDA_KERNEL"] = before
 
 
 def fwd_bwd_timer(fn, inputs):
@@ -107,18 +139,19 @@ def run(quick: bool):
                 "N_rep": N_REP,
                 "dtype": str(dt).replace("torch.", ""),
             }
-            masks = {}
-            for d in DENSITIES:
-                active = (
-                    torch.rand(C * nk, device="cuda", generator=g) < d
-                    if d < 1
-                    else torch.ones(C * nk, dtype=torch.bool, device="cuda")
-                )
-                masks[d] = active
+            masks = {
+                d: torch.rand(C * nk, device="cuda", generator=g) < d
+                if d < 1
+                else torch.ones(C * nk, dtype=torch.bool, device="cuda")
+                for d in DENSITIES
+            }
+
+            def time_ours(active, x=x, w=w):
+                return fwd_bwd_timer(lambda xx, ww: shift_wise_conv_cuda(xx, ww, ph, pv, ident, K, active), (x, w))
+
+            for d, active in masks.items():
                 rho = active.float().mean().item()
-                tf, tb, tfb = fwd_bwd_timer(
-                    lambda xx, ww: shift_wise_conv_cuda(xx, ww, ph, pv, ident, K, active), (x, w)
-                )
+                tf, tb, tfb = time_ours(active)
                 flops_f = npx * rho * nk * (2 * K_SMALL * K_SMALL + 2 * N_REP + 1)
                 flops_b = npx * rho * nk * (4 * K_SMALL * K_SMALL + 2 * N_REP + 1)
                 row[f"ours_d{d}"] = {
@@ -133,23 +166,17 @@ def run(quick: bool):
                     "fwd_frac_fp32_peak": flops_f / tf / 1e-3 / H100_FP32_FLOPS,
                     "fwd_frac_bw": 4 * npx * es / tf / 1e-3 / H100_BW,
                 }
+            row["tc_nonzero_toeplitz_blocks_d0.3"] = statistics.mean(
+                toeplitz_block_occupancy(p, masks[0.3], K) for p in (ph, pv)
+            )
             from swconv.ops.cuda import kernel_info
 
             row["kernel_info"] = kernel_info(tuple(x.shape), dt, nk, N_REP, K_SMALL, torch.cuda.current_device(), K)
             if dt != torch.float32:
-                # the CUDA-core kernels (time proportional to the active kernels) on the same shape
-                os.environ["SWCONV_CUDA_KERNEL"] = "v2"
-                for d in (1.0, 0.3):
-                    active = torch.rand(C * nk, device="cuda", generator=g) < d if d < 1 else None
-                    row[f"v2_d{d}"] = dict(
-                        zip(
-                            ("fwd_ms", "bwd_ms", "fwdbwd_ms"),
-                            fwd_bwd_timer(
-                                lambda xx, ww, a=active: shift_wise_conv_cuda(xx, ww, ph, pv, ident, K, a), (x, w)
-                            ),
-                        )
-                    )
-                os.environ.pop("SWCONV_CUDA_KERNEL")
+                # the CUDA-core kernels (time proportional to the active kernels), same shape and masks
+                with forced_kernel("v2"):
+                    for d in (1.0, 0.3):
+                        row[f"v2_d{d}"] = dict(zip(("fwd_ms", "bwd_ms", "fwdbwd_ms"), time_ours(masks[d])))
                 row["v2_density0.3_over_dense_fwdbwd"] = row["v2_d0.3"]["fwdbwd_ms"] / row["v2_d1.0"]["fwdbwd_ms"]
             # GPU-only forward+backward time, dense and at density 0.3: replay a captured CUDA graph
             # (no Python / launch overhead, which bounds the eager time at 7 x 7 planes)
