@@ -297,6 +297,65 @@ def test_torch_compile_traces_around_op(dt):
 @pytest.mark.gpu
 @pytest.mark.skipif(not (HAS_CUDA and HAS_CUPY), reason="needs a CUDA GPU and CuPy")
 @pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16])
+def test_torch_compile_new_batch_size(dt):
+    """A second batch size (an epoch's short last batch) makes torch.compile retrace with a dynamic
+    batch dimension; the op must trace again and match eager."""
+    from swconv.ops.cuda import shift_wise_conv_cuda
+
+    torch._dynamo.reset()
+    cfg = dict(B=5, C=3, H=10, W=9, k=3, K=13, n_rep=2, n_path=1, density=0.7, dtype=dt, layout="contiguous")
+    x, weight, ph, pv, ident, active = make_inputs(cfg, 6)
+
+    def f(xx, ww):
+        h, v, i = shift_wise_conv_cuda(xx, ww, ph, pv, ident, cfg["K"], active)
+        return (h.float() * 3 + v.float() - i.float()).square().sum()
+
+    compiled = torch.compile(f, fullgraph=True)
+    for batch in (5, 3, 2):
+        results = []
+        for fn in (f, compiled):
+            xr, wr = x[:batch].clone().requires_grad_(True), weight.clone().requires_grad_(True)
+            loss = fn(xr, wr)
+            loss.backward()
+            results.append((loss.detach(), xr.grad, wr.grad))
+        for a, b in zip(*results):
+            # relative to the largest entry: the loss squares sums of ~1e3, so single entries cancel
+            err = (a.float() - b.float()).abs().max().item() / a.float().abs().max().item()
+            assert err <= 1e-5, f"batch {batch}: compiled differs from eager by {err:.2e} (max-relative)"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (HAS_CUDA and HAS_CUPY), reason="needs a CUDA GPU and CuPy")
+@pytest.mark.parametrize("amp", [False, True])
+def test_torch_compile_whole_layer_fullgraph(amp):
+    """A whole SW layer (mask, path sum, dispatch, op, branch BNs) compiles without a graph break,
+    in fp32 (v2 kernels) and under bf16 autocast (tensor-core kernels), and matches eager."""
+    import copy
+
+    from swconv.ops.layer import ShiftWiseConv2d
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    layer = ShiftWiseConv2d(channels=13, big_kernel=13, n_path=2, n_rep=2).cuda()
+    with torch.no_grad():
+        layer.kernel_mask[0, ::3] = 0
+    x = torch.randn(4, 13, 12, 11, device="cuda")
+    results = []
+    for module in (layer, torch.compile(copy.deepcopy(layer), fullgraph=True)):
+        xr = x.clone().requires_grad_(True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            y = module(xr)
+        y.float().square().mean().backward()
+        grads = [p.grad for p in module.parameters()]
+        results.append((y.detach().float(), xr.grad, *grads))
+    tol = 2e-2 if amp else 1e-4
+    for a, b in zip(*results):
+        assert torch.allclose(a.float(), b.float(), rtol=tol, atol=tol * a.float().abs().max().item())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (HAS_CUDA and HAS_CUPY), reason="needs a CUDA GPU and CuPy")
+@pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16])
 def test_launch_from_fresh_thread(dt):
     """A thread that has made no CUDA runtime call has no current driver context (autograd's
     device thread can be one); the raw launches must bind it and give the same result."""

@@ -810,14 +810,15 @@ def _route(shape, dtype: torch.dtype, nk: int, n_rep: int, ks: int, big_kernel: 
 
 
 @torch.compiler.assume_constant_result
-def _traced_route(shape: tuple, dtype: torch.dtype, nk: int, n_rep: int, ks: int, big_kernel: int, idx: int) -> str:
+def _traced_route(H: int, W: int, dtype: torch.dtype, nk: int, n_rep: int, ks: int, big_kernel: int, idx: int) -> str:
     """ "tc", "v2" or "torch" under torch.compile: plans only (nothing compiled), evaluated once
-    while tracing, so the graph holds no environment reads or plan caches."""
-    B, C, H, W = shape
-    if _tc_applies(dtype, B, H, W, nk * ks, big_kernel // 2, ks, idx):
+    while tracing, so the graph holds no environment reads or plan caches. Whether a plan exists
+    does not depend on the batch or channel count (plans shrink to one plane per block), so a
+    dynamic batch size needs no guard here."""
+    if _tc_applies(dtype, 1, H, W, nk * ks, big_kernel // 2, ks, idx):
         return "tc"
     acc, optin, version = 8 if dtype == torch.float64 else 4, _smem_optin(idx), kernel_version()
-    fits = all(_plan(version, B, C, H, W, nk, n_rep, ks, acc, bwd, optin) is not None for bwd in (False, True))
+    fits = all(_plan(version, 1, 1, H, W, nk, n_rep, ks, acc, bwd, optin) is not None for bwd in (False, True))
     return "v2" if fits else "torch"
 
 
@@ -883,7 +884,7 @@ def shift_wise_conv_cuda(
     idx = _dev_index(x)
     w_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     if torch.compiler.is_compiling():
-        route = _traced_route(tuple(x.shape), dtype, nk, n_rep, ks, big_kernel, idx)
+        route = _traced_route(int(x.shape[-2]), int(x.shape[-1]), dtype, nk, n_rep, ks, big_kernel, idx)
         if route == "torch":
             return _fallback(x, weight, perm_h, perm_v, identity_pick, big_kernel, kernel_active)
         # tables built in the graph: the eager cache keys on data pointers, which tracing cannot read
