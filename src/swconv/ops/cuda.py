@@ -130,7 +130,7 @@ def _functions(version: str, dtype_code: int, ks: int, ppt: int, lb: int, zp: in
             for fn in (fwd, bwd):
                 fn.max_dynamic_shared_size_bytes = optin
                 fn.preferred_shared_memory_carveout = 100  # max shared memory: 2-3 blocks per SM
-            fns = (_Kernel(fwd), _Kernel(bwd), optin)
+            fns = (_Kernel(fwd), _Kernel(bwd))
         _modules[key] = fns
     return fns
 
@@ -223,18 +223,6 @@ def build_tables(
     return offsets(perm_h), offsets(perm_v), idc.to(torch.int32).contiguous()
 
 
-def _cached_for(cache: dict, tensors: tuple, extra: tuple, build):
-    """build() cached on the identity of ``tensors`` (data pointer, version counter, shape; an
-    in-place edit bumps the version) plus ``extra``."""
-    key = tuple((t.data_ptr(), t._version, tuple(t.shape)) for t in tensors) + extra
-    hit = cache.get(key)
-    if hit is None:
-        if len(cache) > 64:
-            cache.clear()
-        hit = cache[key] = build()
-    return hit
-
-
 class _DeviceTables(NamedTuple):
     """Int32 device tables of one layer: the permutations as given (tc kernels) and the inverse
     offsets with the identity counts (v1 / v2 kernels and the tc cross-kernel gradient)."""
@@ -250,12 +238,22 @@ class _DeviceTables(NamedTuple):
 _table_cache: dict[tuple, _DeviceTables] = {}
 
 
-def _tables(perm_h, perm_v, identity_pick, big_kernel, ks, device) -> _DeviceTables:
-    def build():
-        on_device = [t.to(device=device, dtype=torch.int32).contiguous() for t in (perm_h, perm_v, identity_pick)]
-        return _DeviceTables(*on_device, *build_tables(*on_device, big_kernel, ks))
+def _device_tables(perm_h, perm_v, identity_pick, big_kernel, ks, device) -> _DeviceTables:
+    on_device = [t.to(device=device, dtype=torch.int32).contiguous() for t in (perm_h, perm_v, identity_pick)]
+    return _DeviceTables(*on_device, *build_tables(*on_device, big_kernel, ks))
 
-    return _cached_for(_table_cache, (perm_h, perm_v, identity_pick), (big_kernel, ks, str(device)), build)
+
+def _tables(perm_h, perm_v, identity_pick, big_kernel, ks, device) -> _DeviceTables:
+    """``_device_tables`` cached on the identity of the table tensors (data pointer, version
+    counter, shape: an in-place edit bumps the version)."""
+    tensors = (perm_h, perm_v, identity_pick)
+    key = tuple((t.data_ptr(), t._version, tuple(t.shape)) for t in tensors) + (big_kernel, ks, str(device))
+    hit = _table_cache.get(key)
+    if hit is None:
+        if len(_table_cache) > 64:
+            _table_cache.clear()
+        hit = _table_cache[key] = _device_tables(*tensors, big_kernel, ks, device)
+    return hit
 
 
 _ones_cache: dict[tuple, torch.Tensor] = {}
@@ -525,10 +523,10 @@ class _V2Function(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_h, g_v, g_i):
+        # grads of unused outputs arrive as zeros (autograd materializes them by default)
         x, weight = ctx.saved_tensors
         t = ctx.tables
-        grads = [torch.zeros_like(x) if g is None else g for g in (g_h, g_v, g_i)]
-        gx, gw = _v2_backward(x, *grads, weight, t.offh, t.offv, t.idc, ctx.active, ctx.launches)
+        gx, gw = _v2_backward(x, g_h, g_v, g_i, weight, t.offh, t.offv, t.idc, ctx.active, ctx.launches)
         needs = ctx.needs_input_grad
         return gx if needs[0] else None, gw if needs[1] else None, None, None, None
 
@@ -760,9 +758,8 @@ class _TcFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_h, g_v, g_i):
-        x, weight = ctx.saved_tensors
-        grads = [torch.zeros_like(x) if g is None else g for g in (g_h, g_v, g_i)]
-        gx, gw = _tc_backward_launch(x, *grads, weight, *ctx.tables, ctx.active, ctx.big_kernel, ctx.launches)
+        x, weight = ctx.saved_tensors  # unused outputs' grads arrive as zeros, as in _V2Function
+        gx, gw = _tc_backward_launch(x, g_h, g_v, g_i, weight, *ctx.tables, ctx.active, ctx.big_kernel, ctx.launches)
         needs = ctx.needs_input_grad
         return gx if needs[0] else None, gw if needs[1] else None, None, None, None, None
 
@@ -786,40 +783,41 @@ def _autocast_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
-_route_cache: dict[tuple, tuple] = {}
-
-
-def _route(shape, dtype: torch.dtype, nk: int, n_rep: int, ks: int, big_kernel: int, idx: int) -> tuple:
-    """("tc", tc launches), ("v2", v1/v2 launches) or ("torch", None) for one call's shape, dtype
-    and the kernel environment variables; decided once per combination (eager calls only)."""
-    env = (os.environ.get(KERNEL_ENV), os.environ.get("SWCONV_CUDA_TALL"), os.environ.get("SWCONV_CUDA_MINB"))
-    key = (shape, dtype, nk, n_rep, ks, big_kernel, idx, env)
-    hit = _route_cache.get(key)
-    if hit is None:
-        B, C, H, W = shape
-        m = big_kernel // 2
-        if _tc_applies(dtype, B, H, W, nk * ks, m, ks, idx):
-            hit = ("tc", _tc_launches(dtype, B, C, H, W, nk, n_rep, ks, m, idx))
-        else:
-            launches = _v2_launches(tuple(shape), dtype, idx, nk, n_rep, ks)
-            hit = ("v2", launches) if launches is not None else ("torch", None)
-        if len(_route_cache) > 256:
-            _route_cache.clear()
-        _route_cache[key] = hit
-    return hit
-
-
 @torch.compiler.assume_constant_result
-def _traced_route(H: int, W: int, dtype: torch.dtype, nk: int, n_rep: int, ks: int, big_kernel: int, idx: int) -> str:
-    """ "tc", "v2" or "torch" under torch.compile: plans only (nothing compiled), evaluated once
-    while tracing, so the graph holds no environment reads or plan caches. Whether a plan exists
-    does not depend on the batch or channel count (plans shrink to one plane per block), so a
-    dynamic batch size needs no guard here."""
+def _kernel_family(H: int, W: int, dtype: torch.dtype, nk: int, n_rep: int, ks: int, big_kernel: int, idx: int) -> str:
+    """ "tc", "v2" (v1 / v2 kernels) or "torch" (planes too large) for planes of H x W: plans only,
+    nothing compiled. Whether a plan exists does not depend on the batch or channel count (plans
+    shrink to one plane per block), so neither is an argument. Under torch.compile it is
+    evaluated once while tracing and treated as a constant: no environment reads or plan caches
+    in the graph, and a dynamic batch size needs no guard."""
     if _tc_applies(dtype, 1, H, W, nk * ks, big_kernel // 2, ks, idx):
         return "tc"
     acc, optin, version = 8 if dtype == torch.float64 else 4, _smem_optin(idx), kernel_version()
     fits = all(_plan(version, 1, 1, H, W, nk, n_rep, ks, acc, bwd, optin) is not None for bwd in (False, True))
     return "v2" if fits else "torch"
+
+
+_route_cache: dict[tuple, tuple] = {}
+
+
+def _route(shape, dtype: torch.dtype, nk: int, n_rep: int, ks: int, big_kernel: int, idx: int) -> tuple:
+    """(kernel family, its launch records or None) for one eager call's shape, dtype and the
+    kernel environment variables, decided once per combination."""
+    env = (os.environ.get(KERNEL_ENV), os.environ.get("SWCONV_CUDA_TALL"), os.environ.get("SWCONV_CUDA_MINB"))
+    key = (shape, dtype, nk, n_rep, ks, big_kernel, idx, env)
+    hit = _route_cache.get(key)
+    if hit is None:
+        B, C, H, W = shape
+        family = _kernel_family(H, W, dtype, nk, n_rep, ks, big_kernel, idx)
+        launches = None
+        if family == "tc":
+            launches = _tc_launches(dtype, B, C, H, W, nk, n_rep, ks, big_kernel // 2, idx)
+        elif family == "v2":
+            launches = _v2_launches(tuple(shape), dtype, idx, nk, n_rep, ks)
+        if len(_route_cache) > 256:
+            _route_cache.clear()
+        hit = _route_cache[key] = (family, launches)
+    return hit
 
 
 def _active_bytes(kernel_active: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor:
@@ -884,12 +882,11 @@ def shift_wise_conv_cuda(
     idx = _dev_index(x)
     w_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     if torch.compiler.is_compiling():
-        route = _traced_route(int(x.shape[-2]), int(x.shape[-1]), dtype, nk, n_rep, ks, big_kernel, idx)
+        route = _kernel_family(int(x.shape[-2]), int(x.shape[-1]), dtype, nk, n_rep, ks, big_kernel, idx)
         if route == "torch":
             return _fallback(x, weight, perm_h, perm_v, identity_pick, big_kernel, kernel_active)
         # tables built in the graph: the eager cache keys on data pointers, which tracing cannot read
-        tables = [t.to(device=x.device, dtype=torch.int32) for t in (perm_h, perm_v, identity_pick)]
-        tables += build_tables(*tables, big_kernel, ks)
+        tables = _device_tables(perm_h, perm_v, identity_pick, big_kernel, ks, x.device)
         x, w = x.to(dtype), weight.to(w_dtype)
         active = _active_bytes(kernel_active, channels * nk, x.device)
         if route == "tc":
