@@ -426,6 +426,30 @@ def test_cuda_on_cpu_tensor_raises():
         shift_wise_conv_cuda(x, w, perm_h, perm_v, ident, 13)
 
 
+def test_table_cache_not_fooled_by_reused_address():
+    """New table tensors at the address (and id) of freed ones, same shape and version, must not
+    hit the freed ones' cached tables."""
+    if not HAS_CUPY:
+        pytest.skip("cupy not importable")
+    import gc
+
+    from swconv.ops.cuda import _tables, build_tables
+
+    perm_h, perm_v, ident = make_shift_tables(3, 5, 2)
+    buf = perm_h.numpy().copy()
+    old = torch.from_numpy(buf)
+    first = _tables(old, perm_v, ident, 13, 3, torch.device("cpu"))
+    address = old.data_ptr()
+    del old
+    gc.collect()
+    buf[:] = buf[..., ::-1]  # other permutations in the same memory
+    new = torch.from_numpy(buf)
+    assert new.data_ptr() == address and new._version == 0
+    got = _tables(new, perm_v, ident, 13, 3, torch.device("cpu"))
+    assert not torch.equal(got.offh, first.offh)
+    assert torch.equal(got.offh, build_tables(new, perm_v, ident, 13, 3)[0])
+
+
 def test_table_cache_follows_in_place_edits():
     """The device tables are cached per table tensors; an in-place edit of a permutation (version
     bump) must rebuild them, and a repeat call must not."""

@@ -33,6 +33,7 @@ import math
 import os
 import threading
 import warnings
+import weakref
 from pathlib import Path
 from typing import NamedTuple
 
@@ -235,25 +236,28 @@ class _DeviceTables(NamedTuple):
     idc: torch.Tensor
 
 
-_table_cache: dict[tuple, _DeviceTables] = {}
-
-
 def _device_tables(perm_h, perm_v, identity_pick, big_kernel, ks, device) -> _DeviceTables:
     on_device = [t.to(device=device, dtype=torch.int32).contiguous() for t in (perm_h, perm_v, identity_pick)]
     return _DeviceTables(*on_device, *build_tables(*on_device, big_kernel, ks))
 
 
+_table_cache: dict[tuple, tuple[tuple, _DeviceTables]] = {}
+
+
 def _tables(perm_h, perm_v, identity_pick, big_kernel, ks, device) -> _DeviceTables:
-    """``_device_tables`` cached on the identity of the table tensors (data pointer, version
-    counter, shape: an in-place edit bumps the version)."""
+    """``_device_tables`` cached per table tensor objects and their version counters (an in-place
+    edit bumps the version). The entry keeps weak references to the tensors: an address or id
+    alone could be reused by new tables once the old ones are freed, and would hit stale tables."""
     tensors = (perm_h, perm_v, identity_pick)
-    key = tuple((t.data_ptr(), t._version, tuple(t.shape)) for t in tensors) + (big_kernel, ks, str(device))
+    key = tuple((id(t), t.data_ptr(), t._version, tuple(t.shape)) for t in tensors) + (big_kernel, ks, str(device))
     hit = _table_cache.get(key)
-    if hit is None:
-        if len(_table_cache) > 64:
-            _table_cache.clear()
-        hit = _table_cache[key] = _device_tables(*tensors, big_kernel, ks, device)
-    return hit
+    if hit is not None and all(ref() is t for ref, t in zip(hit[0], tensors)):
+        return hit[1]
+    if len(_table_cache) > 64:
+        _table_cache.clear()
+    tables = _device_tables(*tensors, big_kernel, ks, device)
+    _table_cache[key] = (tuple(weakref.ref(t) for t in tensors), tables)
+    return tables
 
 
 _ones_cache: dict[tuple, torch.Tensor] = {}
@@ -885,7 +889,7 @@ def shift_wise_conv_cuda(
         route = _kernel_family(int(x.shape[-2]), int(x.shape[-1]), dtype, nk, n_rep, ks, big_kernel, idx)
         if route == "torch":
             return _fallback(x, weight, perm_h, perm_v, identity_pick, big_kernel, kernel_active)
-        # tables built in the graph: the eager cache keys on data pointers, which tracing cannot read
+        # tables built in the graph: the eager cache keys on tensor identity, which tracing cannot read
         tables = _device_tables(perm_h, perm_v, identity_pick, big_kernel, ks, x.device)
         x, w = x.to(dtype), weight.to(w_dtype)
         active = _active_bytes(kernel_active, channels * nk, x.device)
