@@ -253,3 +253,23 @@ def test_bad_input_errors():
     layer = ShiftWiseConv2d(8, 13, 3)
     with pytest.raises(ValueError, match="expects"):
         layer(torch.randn(1, 7, 5, 5))
+
+
+def test_kernel_availability_is_traced_as_a_constant():
+    """torch.compile must not trace into the availability check (it used to warn about tracing
+    through a functools cache) and must agree with eager."""
+    import warnings
+
+    from swconv.ops.functional import cuda_kernels_available
+
+    torch._dynamo.reset()
+
+    def fn(x):
+        return x + 1 if cuda_kernels_available() else x - 1
+
+    x = torch.randn(3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compiled = torch.compile(fn, backend="eager", fullgraph=True)(x)
+    assert torch.equal(compiled, fn(x))
+    assert not [w for w in caught if "cache" in str(w.message)], [str(w.message) for w in caught]

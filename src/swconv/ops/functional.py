@@ -14,7 +14,6 @@ Both formulations compute SPEC §1.6 for any float dtype, any H, W >= 1 and stri
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -31,16 +30,25 @@ DEFAULT_TORCH_IMPL = "torch_dense"
 Branches = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-@functools.cache
-def cuda_kernels_available() -> bool:
-    """True when CuPy imports and the CUDA kernels module loads."""
-    try:
-        import cupy  # noqa: F401
+_cuda_kernels_loaded: bool | None = None
 
-        from . import cuda  # noqa: F401
-    except Exception:  # noqa: BLE001 - any import failure means "use PyTorch"
-        return False
-    return True
+
+@torch.compiler.assume_constant_result
+def cuda_kernels_available() -> bool:
+    """True when CuPy imports and the CUDA kernels module loads; checked once per process.
+    torch.compile evaluates it once while tracing (a ``functools.cache`` wrapper here made Dynamo
+    trace through the cache with a warning)."""
+    global _cuda_kernels_loaded
+    if _cuda_kernels_loaded is None:
+        try:
+            import cupy  # noqa: F401
+
+            from . import cuda  # noqa: F401
+
+            _cuda_kernels_loaded = True
+        except Exception:  # noqa: BLE001 - any import failure means "use PyTorch"
+            _cuda_kernels_loaded = False
+    return _cuda_kernels_loaded
 
 
 def resolve_impl(impl: str, x: torch.Tensor) -> str:
