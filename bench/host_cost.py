@@ -1,0 +1,161 @@
+"""Host (CPU) cost of one eager forward+backward of the CUDA op, next to PyTorch's own ops (GPU).
+
+    PYTHONPATH=src python bench/host_cost.py [--out DIR]
+
+With one image per call (B = 1) the kernels take microseconds, so the wall time per call of a
+loop of calls is the host's cost: Python, dispatch, autograd and launches. At 7 x 7 planes (SW-T
+stage 4) that cost is of the order of the GPU time, so it decides eager speed there. Per SW-T
+stage shape, bf16, microseconds per forward+backward (``torch.autograd.grad``, as op_bench.py):
+
+- ``ours``: ``shift_wise_conv_cuda``;
+- ``empty_function``: a Python ``autograd.Function`` with the same inputs and three outputs that
+  only allocates its outputs and gradients: the floor of any op with a Python autograd node;
+- ``cudnn_dw``: the three cuDNN depthwise convolutions of the same extents (C++ autograd nodes).
+
+Also: where our host time goes at stage 4 (cProfile, microseconds per call of the top functions)
+and five ``do_bench`` medians of the stage-4 eager forward+backward at B = 128, which show how
+much the host's speed moves that figure. Writes ``host_cost_<device>.json`` to bench/results/
+(and to --out) and prints a table last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import math
+import os
+import pstats
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from op_bench import K_SMALL, N_REP, STAGES, B, bench, versions
+
+from swconv.ops.cuda import shift_wise_conv_cuda
+from swconv.ops.tables import make_shift_tables
+
+
+class _EmptyFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight):
+        ctx.save_for_backward(x, weight)
+        return tuple(torch.empty_like(x) for _ in range(3))
+
+    @staticmethod
+    def backward(ctx, g_h, g_v, g_i):
+        x, weight = ctx.saved_tensors
+        return torch.empty_like(x), torch.empty_like(weight)
+
+
+def host_us(fn, calls: int = 300, trials: int = 7) -> float:
+    """Median over trials of the wall microseconds per call of ``calls`` back-to-back calls."""
+    for _ in range(20):
+        fn()
+    times = []
+    for _ in range(trials):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) / calls * 1e6)
+    return statistics.median(times)
+
+
+def stage_calls(C: int, H: int, K: int, batch: int):
+    """(ours, empty_function, cudnn_dw) forward+backward closures for one stage shape."""
+    nk = math.ceil(K / K_SMALL)
+    L, r = nk * K_SMALL, K_SMALL // 2
+    ph, pv, ident = (t.cuda() for t in make_shift_tables(C, nk, N_REP))
+    x = torch.randn(batch, C, H, H, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    w = torch.randn(C * nk, 1, K_SMALL, K_SMALL, device="cuda", requires_grad=True)
+    grads = [torch.randn_like(x) for _ in range(3)]
+    dw = [
+        torch.randn(C, 1, *shape, device="cuda", dtype=x.dtype, requires_grad=True)
+        for shape in ((K_SMALL, L), (L, K_SMALL), (K_SMALL, K_SMALL))
+    ]
+    pads = ((r, L // 2), (L // 2, r), r)
+    # an even L gives the long-axis convs one extra output column / row, as in op_bench.py
+    dw_grads = [torch.randn_like(F.conv2d(x.detach(), wk.detach(), padding=p, groups=C)) for wk, p in zip(dw, pads)]
+
+    def ours():
+        return torch.autograd.grad(shift_wise_conv_cuda(x, w, ph, pv, ident, K), (x, w), grads)
+
+    def empty_function():
+        return torch.autograd.grad(_EmptyFunction.apply(x, w), (x, w), grads)
+
+    def cudnn_dw():
+        outs = [F.conv2d(x, wk, padding=p, groups=C) for wk, p in zip(dw, pads)]
+        return torch.autograd.grad(outs, (x, *dw), dw_grads)
+
+    return ours, empty_function, cudnn_dw
+
+
+def profile_us(fn, calls: int = 500, top: int = 12) -> list[tuple[str, float]]:
+    """The ``top`` functions by own time under cProfile, as (name, microseconds per call of fn)."""
+    for _ in range(20):
+        fn()
+    torch.cuda.synchronize()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize()
+    prof.disable()
+    stats = pstats.Stats(prof).stats
+    rows = sorted(stats.items(), key=lambda kv: kv[1][2], reverse=True)[:top]
+    return [(f"{Path(f).name}:{line}({name})", round(v[2] / calls * 1e6, 1)) for (f, line, name), v in rows]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.environ.get("OUT"))
+    args = ap.parse_args()
+    rows = []
+    for C, H, K in STAGES:
+        ours, empty_function, cudnn_dw = stage_calls(C, H, K, batch=1)
+        row = {"C_rep": C, "H": H, "K": K, "B": 1, "dtype": "bfloat16"}
+        for name, fn in (("ours", ours), ("empty_function", empty_function), ("cudnn_dw", cudnn_dw)):
+            row[f"{name}_us"] = host_us(fn)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    C, H, K = STAGES[-1]
+    stage4_profile = profile_us(stage_calls(C, H, K, batch=1)[0])
+    ours_b128 = stage_calls(C, H, K, batch=B)[0]
+    stage4_eager_ms = [bench(ours_b128) for _ in range(5)]
+    res = {
+        "device": torch.cuda.get_device_name(),
+        "versions": versions(),
+        "command": "PYTHONPATH=src python bench/host_cost.py" + (" --out $OUT" if args.out else ""),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "cpu_count": os.cpu_count(),
+        "protocol": "B = 1: median over 7 trials of 300 back-to-back forward+backward calls, wall time per call",
+        "rows": rows,
+        "stage4_profile_us_per_call": stage4_profile,
+        f"stage4_B{B}_eager_fwdbwd_ms_5_runs": stage4_eager_ms,
+    }
+    name = "host_cost_" + torch.cuda.get_device_name().replace(" ", "_") + ".json"
+    paths = [Path(__file__).resolve().parent / "results" / name]
+    if args.out:
+        paths.append(Path(args.out) / name)
+    for p in paths:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(res, indent=1))
+    print("\nstage 4 host time by function (us per forward+backward):")
+    for fn_name, us in stage4_profile:
+        print(f"  {us:7.1f}  {fn_name}")
+    medians = [round(t, 3) for t in stage4_eager_ms]
+    print(f"stage 4, B = {B}, eager forward+backward, five do_bench medians (ms): {medians}")
+    print(f"\n{'stage':>14} | {'ours us':>8} | {'empty Function us':>17} | {'cuDNN dw us':>11}")
+    for r in rows:
+        print(
+            f"{r['C_rep']:>4}@{r['H']:>2} K{r['K']:>2} | {r['ours_us']:8.1f} | {r['empty_function_us']:17.1f}"
+            f" | {r['cudnn_dw_us']:11.1f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
