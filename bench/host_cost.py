@@ -10,7 +10,9 @@ stage shape, bf16, microseconds per forward+backward (``torch.autograd.grad``, a
 - ``ours``: ``shift_wise_conv_cuda``;
 - ``empty_function``: a Python ``autograd.Function`` with the same inputs and three outputs that
   only allocates its outputs and gradients: the floor of any op with a Python autograd node;
-- ``cudnn_dw``: the three cuDNN depthwise convolutions of the same extents (C++ autograd nodes).
+- ``cudnn_dw``: the three cuDNN depthwise convolutions of the same extents (C++ autograd nodes);
+- ``ours_forward_only`` / ``ours_backward_only``: our forward call, and our backward called
+  directly (no autograd engine): our own share of the host time.
 
 Also: where our host time goes at stage 4 (cProfile, microseconds per call of the top functions)
 and five ``do_bench`` medians of the stage-4 eager forward+backward at B = 128, which show how
@@ -28,6 +30,7 @@ import os
 import pstats
 import statistics
 import time
+import types
 from pathlib import Path
 
 import torch
@@ -66,7 +69,9 @@ def host_us(fn, calls: int = 300, trials: int = 7) -> float:
 
 
 def stage_calls(C: int, H: int, K: int, batch: int):
-    """(ours, empty_function, cudnn_dw) forward+backward closures for one stage shape."""
+    """(ours, empty_function, cudnn_dw, ours_forward, ours_backward) closures for one stage shape:
+    forward+backward, then our forward alone and our backward alone (the backward of the eager
+    autograd Function, called directly on one saved forward: no autograd engine)."""
     nk = math.ceil(K / K_SMALL)
     L, r = nk * K_SMALL, K_SMALL // 2
     ph, pv, ident = (t.cuda() for t in make_shift_tables(C, nk, N_REP))
@@ -91,7 +96,22 @@ def stage_calls(C: int, H: int, K: int, batch: int):
         outs = [F.conv2d(x, wk, padding=p, groups=C) for wk, p in zip(dw, pads)]
         return torch.autograd.grad(outs, (x, *dw), dw_grads)
 
-    return ours, empty_function, cudnn_dw
+    def ours_forward():
+        return shift_wise_conv_cuda(x, w, ph, pv, ident, K)
+
+    node = ours_forward()[0].grad_fn
+    backward = node._forward_cls.backward
+    # the node's context as its backward reads it (a live node frees its saved tensors with its outputs)
+    ctx = types.SimpleNamespace(
+        saved_tensors=(x.detach(), w.detach()),
+        needs_input_grad=node.needs_input_grad,
+        **{k: getattr(node, k) for k in ("tables", "active", "launches", "big_kernel") if hasattr(node, k)},
+    )
+
+    def ours_backward():
+        return backward(ctx, *grads)
+
+    return ours, empty_function, cudnn_dw, ours_forward, ours_backward
 
 
 def profile_us(fn, calls: int = 500, top: int = 12) -> list[tuple[str, float]]:
@@ -116,14 +136,16 @@ def main():
     args = ap.parse_args()
     rows = []
     for C, H, K in STAGES:
-        ours, empty_function, cudnn_dw = stage_calls(C, H, K, batch=1)
+        calls = stage_calls(C, H, K, batch=1)
         row = {"C_rep": C, "H": H, "K": K, "B": 1, "dtype": "bfloat16"}
-        for name, fn in (("ours", ours), ("empty_function", empty_function), ("cudnn_dw", cudnn_dw)):
+        for name, fn in zip(("ours", "empty_function", "cudnn_dw", "ours_forward_only", "ours_backward_only"), calls):
             row[f"{name}_us"] = host_us(fn)
         rows.append(row)
         print(json.dumps(row), flush=True)
     C, H, K = STAGES[-1]
-    stage4_profile = profile_us(stage_calls(C, H, K, batch=1)[0])
+    stage4_ours = stage_calls(C, H, K, batch=1)[0]
+    stage4_profile = profile_us(stage4_ours)
+    stage4_trials = [host_us(stage4_ours, calls=200, trials=1) for _ in range(12)]
     ours_b128 = stage_calls(C, H, K, batch=B)[0]
     stage4_eager_ms = [bench(ours_b128) for _ in range(5)]
     res = {
@@ -135,6 +157,7 @@ def main():
         "protocol": "B = 1: median over 7 trials of 300 back-to-back forward+backward calls, wall time per call",
         "rows": rows,
         "stage4_profile_us_per_call": stage4_profile,
+        "stage4_B1_ours_us_12_trials": stage4_trials,
         f"stage4_B{B}_eager_fwdbwd_ms_5_runs": stage4_eager_ms,
     }
     name = "host_cost_" + torch.cuda.get_device_name().replace(" ", "_") + ".json"
@@ -148,12 +171,14 @@ def main():
     for fn_name, us in stage4_profile:
         print(f"  {us:7.1f}  {fn_name}")
     medians = [round(t, 3) for t in stage4_eager_ms]
+    print(f"stage 4, B = 1, ours, twelve trials (us per call): {[round(t) for t in stage4_trials]}")
     print(f"stage 4, B = {B}, eager forward+backward, five do_bench medians (ms): {medians}")
-    print(f"\n{'stage':>14} | {'ours us':>8} | {'empty Function us':>17} | {'cuDNN dw us':>11}")
+    head = f"{'stage':>11} | {'ours us':>7} | {'fwd only':>8} | {'bwd only':>8}"
+    print(f"\n{head} | {'empty Function':>14} | {'cuDNN dw':>8}")
     for r in rows:
         print(
-            f"{r['C_rep']:>4}@{r['H']:>2} K{r['K']:>2} | {r['ours_us']:8.1f} | {r['empty_function_us']:17.1f}"
-            f" | {r['cudnn_dw_us']:11.1f}"
+            f"{r['C_rep']:>3}@{r['H']:>2} K{r['K']:>2} | {r['ours_us']:7.1f} | {r['ours_forward_only_us']:8.1f}"
+            f" | {r['ours_backward_only_us']:8.1f} | {r['empty_function_us']:14.1f} | {r['cudnn_dw_us']:8.1f}"
         )
 
 
