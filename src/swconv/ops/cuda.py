@@ -392,6 +392,11 @@ def _dev_index(t: torch.Tensor) -> int:
     return t.device.index if t.device.index is not None else torch.cuda.current_device()
 
 
+def _plan_env() -> tuple:
+    """The environment variables the v2 launch plans read (part of every launch-cache key)."""
+    return os.environ.get("SWCONV_CUDA_TALL"), os.environ.get("SWCONV_CUDA_MINB")
+
+
 _v2_launch_cache: dict[tuple, tuple[_Launch, _Launch] | None] = {}
 
 
@@ -401,8 +406,7 @@ def _v2_launches(shape: tuple, dtype: torch.dtype, idx: int, nk: int, nrep: int,
     environment variables."""
     B, C, H, W = shape
     version = kernel_version()
-    env = (os.environ.get("SWCONV_CUDA_TALL"), os.environ.get("SWCONV_CUDA_MINB"))
-    key = (version, dtype, B, C, H, W, nk, nrep, ks, idx, env)
+    key = (version, dtype, B, C, H, W, nk, nrep, ks, idx, _plan_env())
     hit = _v2_launch_cache.get(key, _MISSING)
     if hit is not _MISSING:
         return hit
@@ -511,28 +515,6 @@ def _backward(ctx, g_h, g_v, g_i):
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-class _V2Function(torch.autograd.Function):
-    """Eager autograd of the v1/v2 kernels (the custom ops are for torch.compile; see _TcFunction).
-    ``launches`` are the caller's (forward, backward) launch records, reused by the backward. The
-    tables and the mask are buffers without gradient: kept on ctx, not saved (each saved tensor
-    costs a pack and an unpack per call)."""
-
-    @staticmethod
-    def forward(ctx, x, weight, tables, active, launches):
-        ctx.tables, ctx.active, ctx.launches = tables, active, launches
-        ctx.save_for_backward(x, weight)
-        return _v2_forward(x, weight, tables.offh, tables.offv, tables.idc, active, launches)
-
-    @staticmethod
-    def backward(ctx, g_h, g_v, g_i):
-        # grads of unused outputs arrive as zeros (autograd materializes them by default)
-        x, weight = ctx.saved_tensors
-        t = ctx.tables
-        gx, gw = _v2_backward(x, g_h, g_v, g_i, weight, t.offh, t.offv, t.idc, ctx.active, ctx.launches)
-        needs = ctx.needs_input_grad
-        return gx if needs[0] else None, gw if needs[1] else None, None, None, None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -748,24 +730,33 @@ def _tc_backward(ctx, g_h, g_v, g_i):
 _tc_fwd_op.register_autograd(_tc_backward, setup_context=_tc_setup_context)
 
 
-class _TcFunction(torch.autograd.Function):
-    """Eager autograd of the tensor-core path. The custom ops above are what torch.compile sees;
-    eager calls skip their Python dispatch (measured about 0.3 ms per call on the H100 host).
-    Tables and mask stay on ctx, as in _V2Function."""
+class _KernelFunction(torch.autograd.Function):
+    """Eager autograd of the kernels of one ``family`` ("tc" or "v2"). The custom ops above are
+    what torch.compile sees; eager calls skip their Python dispatch (measured about 0.3 ms per
+    call on the H100 host). ``launches`` are the caller's launch records, reused by the backward.
+    The tables and the mask are buffers without gradient: kept on ctx, not saved (each saved
+    tensor costs a pack and an unpack per call)."""
 
     @staticmethod
-    def forward(ctx, x, weight, tables, active, big_kernel, launches):
-        ctx.tables, ctx.active, ctx.big_kernel, ctx.launches = tables, active, big_kernel, launches
+    def forward(ctx, x, weight, tables, active, big_kernel, family, launches):
+        ctx.tables, ctx.active, ctx.big_kernel, ctx.family, ctx.launches = tables, active, big_kernel, family, launches
         ctx.save_for_backward(x, weight)
         t = tables
-        return _tc_forward(x, weight, t.perm_h, t.perm_v, t.identity_pick, active, big_kernel, launches)
+        if family == "tc":
+            return _tc_forward(x, weight, t.perm_h, t.perm_v, t.identity_pick, active, big_kernel, launches)
+        return _v2_forward(x, weight, t.offh, t.offv, t.idc, active, launches)
 
     @staticmethod
     def backward(ctx, g_h, g_v, g_i):
-        x, weight = ctx.saved_tensors  # unused outputs' grads arrive as zeros, as in _V2Function
-        gx, gw = _tc_backward_launch(x, g_h, g_v, g_i, weight, *ctx.tables, ctx.active, ctx.big_kernel, ctx.launches)
+        # grads of unused outputs arrive as zeros (autograd materializes them by default)
+        x, weight = ctx.saved_tensors
+        t, active = ctx.tables, ctx.active
+        if ctx.family == "tc":
+            gx, gw = _tc_backward_launch(x, g_h, g_v, g_i, weight, *t, active, ctx.big_kernel, ctx.launches)
+        else:
+            gx, gw = _v2_backward(x, g_h, g_v, g_i, weight, t.offh, t.offv, t.idc, active, ctx.launches)
         needs = ctx.needs_input_grad
-        return gx if needs[0] else None, gw if needs[1] else None, None, None, None, None
+        return gx if needs[0] else None, gw if needs[1] else None, None, None, None, None, None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -807,8 +798,7 @@ _route_cache: dict[tuple, tuple] = {}
 def _route(shape, dtype: torch.dtype, nk: int, n_rep: int, ks: int, big_kernel: int, idx: int) -> tuple:
     """(kernel family, its launch records or None) for one eager call's shape, dtype and the
     kernel environment variables, decided once per combination."""
-    env = (os.environ.get(KERNEL_ENV), os.environ.get("SWCONV_CUDA_TALL"), os.environ.get("SWCONV_CUDA_MINB"))
-    key = (shape, dtype, nk, n_rep, ks, big_kernel, idx, env)
+    key = (shape, dtype, nk, n_rep, ks, big_kernel, idx, os.environ.get(KERNEL_ENV), _plan_env())
     hit = _route_cache.get(key)
     if hit is None:
         B, C, H, W = shape
@@ -904,9 +894,7 @@ def shift_wise_conv_cuda(
     w = _as(weight, w_dtype)
     active = _active_bytes(kernel_active, channels * nk, x.device)
     tables = _tables(perm_h, perm_v, identity_pick, big_kernel, ks, x.device)
-    if route == "tc":
-        return _TcFunction.apply(x, w, tables, active, big_kernel, launches)
-    return _V2Function.apply(x, w, tables, active, launches)
+    return _KernelFunction.apply(x, w, tables, active, big_kernel, route, launches)
 
 
 def kernel_info(x_shape, dtype=torch.bfloat16, nk=17, nrep=4, ks=3, device_index=0, big_kernel=None) -> dict:
