@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from op_bench import K_SMALL, N_REP, STAGES, B, bench, versions
+from op_bench import K_SMALL, N_REP, STAGES, B, bench, versions, write_results
 
 from swconv.ops.cuda import shift_wise_conv_cuda
 from swconv.ops.tables import make_shift_tables
@@ -103,9 +103,7 @@ def stage_calls(C: int, H: int, K: int, batch: int):
     backward = node._forward_cls.backward
     # the node's context as its backward reads it (a live node frees its saved tensors with its outputs)
     ctx = types.SimpleNamespace(
-        saved_tensors=(x.detach(), w.detach()),
-        needs_input_grad=node.needs_input_grad,
-        **{k: getattr(node, k) for k in ("tables", "active", "launches", "big_kernel") if hasattr(node, k)},
+        saved_tensors=(x.detach(), w.detach()), needs_input_grad=node.needs_input_grad, **vars(node)
     )
 
     def ours_backward():
@@ -160,13 +158,7 @@ def main():
         "stage4_B1_ours_us_12_trials": stage4_trials,
         f"stage4_B{B}_eager_fwdbwd_ms_5_runs": stage4_eager_ms,
     }
-    name = "host_cost_" + torch.cuda.get_device_name().replace(" ", "_") + ".json"
-    paths = [Path(__file__).resolve().parent / "results" / name]
-    if args.out:
-        paths.append(Path(args.out) / name)
-    for p in paths:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps(res, indent=1))
+    write_results("host_cost", res, args.out)
     print("\nstage 4 host time by function (us per forward+backward):")
     for fn_name, us in stage4_profile:
         print(f"  {us:7.1f}  {fn_name}")

@@ -56,6 +56,15 @@ def versions():
     return v
 
 
+def write_results(stem: str, res: dict, out: str | None) -> None:
+    """Writes ``res`` as <stem>_<GPU name>.json to bench/results/ and, when given, to ``out``."""
+    name = f"{stem}_" + torch.cuda.get_device_name().replace(" ", "_") + ".json"
+    paths = [Path(__file__).resolve().parent / "results" / name] + ([Path(out) / name] if out else [])
+    for p in paths:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(res, indent=1))
+
+
 def toeplitz_block_occupancy(perm: torch.Tensor, active: torch.Tensor, big_kernel: int) -> float:
     """Fraction of the tensor-core forward's 16 x 8 Toeplitz blocks (one per channel, short-axis
     tap and block diagonal d) that hold a non-zero tap under the mask ``active`` (C * nk): the
@@ -272,13 +281,7 @@ def main():
         "rows": rows,
         "wall_s": time.time() - t0,
     }
-    name = "op_bench_" + torch.cuda.get_device_name().replace(" ", "_") + ".json"
-    paths = [Path(__file__).resolve().parent / "results" / name]
-    if args.out:
-        paths.append(Path(args.out) / name)
-    for p in paths:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps(res, indent=1))
+    write_results("op_bench", res, args.out)
     print()
     hdr = (
         f"{'stage':>14} {'dtype':>8} | {'ours f/b/fb ms':>20} | {'cuDNN fb':>8} {'x':>5} | {'refsty fb':>9} {'x':>5}"
