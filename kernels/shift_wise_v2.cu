@@ -166,6 +166,56 @@ __device__ __forceinline__ void copy_planes(const io_t* __restrict__ src, acc_t*
     }
 }
 
+// Strip t of n_img images, each split into cols columns of nstrips vertical strips of PPT rows:
+// image p, first row row0, column col. False (outputs untouched) when t is past the last strip.
+__device__ __forceinline__ bool column_strip(int t, int n_img, int cols, int nstrips, int& p, int& row0, int& col) {
+    if (t >= n_img * cols * nstrips) return false;
+    p = t / (cols * nstrips);
+    const int rem = t - p * cols * nstrips;
+    row0 = (rem / cols) * PPT;
+    col = rem - (rem / cols) * cols;
+    return true;
+}
+
+// The input window of a response strip: WR rows x KS columns from the staged plane at xp.
+__device__ __forceinline__ void load_window(const acc_t* xp, acc_t (&xv)[WR][KS]) {
+#pragma unroll
+    for (int a = 0; a < WR; ++a)
+#pragma unroll
+        for (int bb = 0; bb < KS; ++bb) xv[a][bb] = xp[a * XP + bb];
+}
+
+// PPT responses of small kernel wp over the window xv, stored down a column at zp (row pitch ZP).
+__device__ __forceinline__ void strip_response(const acc_t* wp, const acc_t (&xv)[WR][KS], acc_t* zp) {
+    acc_t wr[KK];
+#pragma unroll
+    for (int q = 0; q < KK; ++q) wr[q] = wp[q];
+#pragma unroll
+    for (int i = 0; i < PPT; ++i) {
+        acc_t z = 0;
+#pragma unroll
+        for (int a = 0; a < KS; ++a)
+#pragma unroll
+            for (int bb = 0; bb < KS; ++bb) z += wr[a * KS + bb] * xv[i + a][bb];
+        zp[i * ZP] = z;
+    }
+}
+
+// Writes the three branch sums of an output strip: rows h0.. (those < H) of the column at o0.
+__device__ __forceinline__ void store_branches(io_t* out_h, io_t* out_v, io_t* out_i, long long o0, int h0, int H,
+                                               int W, const acc_t (&aH)[PPT], const acc_t (&aV)[PPT],
+                                               const acc_t (&aI)[PPT]) {
+#pragma unroll
+    for (int i = 0; i < PPT; ++i) {
+        if (h0 + i < H) {
+            const long long o = o0 + (long long)(h0 + i) * W;
+            st_io(out_h, o, aH[i]);
+            st_io(out_v, o, aV[i]);
+            st_io(out_i, o, aI[i]);
+        }
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(LB, MINB)
 swc_fwd(const io_t* __restrict__ x, const acc_t* __restrict__ w, const int* __restrict__ offh,
         const int* __restrict__ offv, const int* __restrict__ idc, const unsigned char* __restrict__ active,
@@ -196,15 +246,8 @@ swc_fwd(const io_t* __restrict__ x, const acc_t* __restrict__ w, const int* __re
     copy_planes(x, s_x, b0, np, C, c, H, W, XR, XP, 2 * RS);
 
     // output strip owned by this thread: plane op, column ow, rows oh0 .. oh0+PPT-1
-    const int nOseg = np * W * NHB;
-    const bool own = tid < nOseg;
     int op = 0, ow = 0, oh0 = 0;
-    if (own) {
-        op = tid / (W * NHB);
-        const int rem = tid - op * W * NHB;
-        oh0 = (rem / W) * PPT;
-        ow = rem - (rem / W) * W;
-    }
+    const bool own = column_strip(tid, np, W, NHB, op, oh0, ow);
     const int obase = op * ZPL + (oh0 + RS) * ZP + ow + RS;
     acc_t aH[PPT], aV[PPT], aI[PPT];
 #pragma unroll
@@ -216,31 +259,12 @@ swc_fwd(const io_t* __restrict__ x, const acc_t* __restrict__ w, const int* __re
         const int cn = min(CH, n - c0);
         // 1. responses Z_j of the chunk: thread strip of PPT ext rows in one ext column
         for (int seg = tid; seg < nZseg; seg += NT) {
-            const int p = seg / (EW * NZB);
-            const int rem = seg - p * EW * NZB;
-            const int eh0 = (rem / EW) * PPT, ew = rem - (rem / EW) * EW;
-            const acc_t* xp = s_x + p * XPL + eh0 * XP + ew;
+            int p = 0, eh0 = 0, ew = 0;
+            column_strip(seg, P, EW, NZB, p, eh0, ew);
             acc_t xv[WR][KS];
-#pragma unroll
-            for (int a = 0; a < WR; ++a)
-#pragma unroll
-                for (int bb = 0; bb < KS; ++bb) xv[a][bb] = xp[a * XP + bb];
+            load_window(s_x + p * XPL + eh0 * XP + ew, xv);
             acc_t* zp = s_z + p * ZPL + eh0 * ZP + ew;
-            for (int jj = 0; jj < cn; ++jj) {
-                const acc_t* wp = s_w + (c0 + jj) * KK;
-                acc_t wr[KK];
-#pragma unroll
-                for (int q = 0; q < KK; ++q) wr[q] = wp[q];
-#pragma unroll
-                for (int i = 0; i < PPT; ++i) {
-                    acc_t z = 0;
-#pragma unroll
-                    for (int a = 0; a < KS; ++a)
-#pragma unroll
-                        for (int bb = 0; bb < KS; ++bb) z += wr[a * KS + bb] * xv[i + a][bb];
-                    zp[jj * PZ + i * ZP] = z;
-                }
-            }
+            for (int jj = 0; jj < cn; ++jj) strip_response(s_w + (c0 + jj) * KK, xv, zp + jj * PZ);
         }
         __syncthreads();
         // 2. gather into the owned strip (fixed order: kernel, group)
@@ -279,18 +303,7 @@ swc_fwd(const io_t* __restrict__ x, const acc_t* __restrict__ w, const int* __re
         __syncthreads();
     }
 
-    if (own) {
-        const long long o0 = ((long long)(b0 + op) * C + c) * H * W + ow;
-#pragma unroll
-        for (int i = 0; i < PPT; ++i) {
-            const int h = oh0 + i;
-            if (h < H) {
-                st_io(out_h, o0 + (long long)h * W, aH[i]);
-                st_io(out_v, o0 + (long long)h * W, aV[i]);
-                st_io(out_i, o0 + (long long)h * W, aI[i]);
-            }
-        }
-    }
+    if (own) store_branches(out_h, out_v, out_i, ((long long)(b0 + op) * C + c) * H * W + ow, oh0, H, W, aH, aV, aI);
 }
 
 // Backward: grad_x (written once per element) and per-block weight-gradient partials
@@ -333,15 +346,8 @@ swc_bwd(const io_t* __restrict__ x, const io_t* __restrict__ g_h, const io_t* __
     copy_planes(g_v, s_g + PZ, b0, np, C, c, H, W, ZR, ZP, RS);
     copy_planes(g_i, s_g + 2 * PZ, b0, np, C, c, H, W, ZR, ZP, RS);
 
-    const int nOseg = np * W * NHB;
-    const bool own = tid < nOseg;
     int op = 0, ow = 0, oh0 = 0;
-    if (own) {
-        op = tid / (W * NHB);
-        const int rem = tid - op * W * NHB;
-        oh0 = (rem / W) * PPT;
-        ow = rem - (rem / W) * W;
-    }
+    const bool own = column_strip(tid, np, W, NHB, op, oh0, ow);
     acc_t ax[PPT];
 #pragma unroll
     for (int i = 0; i < PPT; ++i) ax[i] = 0;
@@ -359,9 +365,8 @@ swc_bwd(const io_t* __restrict__ x, const io_t* __restrict__ g_h, const io_t* __
 #pragma unroll
             for (int q = 0; q < KK; ++q) gw[q] = 0;
             for (int seg = tid; seg < nZseg; seg += NT) {
-                const int p = seg / (EW * NZB);
-                const int rem = seg - p * EW * NZB;
-                const int eh0 = (rem / EW) * PPT, ew = rem - (rem / EW) * EW;
+                int p = 0, eh0 = 0, ew = 0;
+                column_strip(seg, P, EW, NZB, p, eh0, ew);
                 const int base = p * ZPL + eh0 * ZP + ew;
                 const acc_t* gH = s_g + base;
                 const acc_t* gV = gH + PZ;
