@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from op_bench import K_SMALL, N_REP, STAGES, B, bench, versions, write_results
+from op_bench import K_SMALL, N_REP, STAGES, B, bench, write_results
 
 from swconv.ops.cuda import shift_wise_conv_cuda
 from swconv.ops.tables import make_shift_tables
@@ -146,19 +146,19 @@ def main():
     stage4_trials = [host_us(stage4_ours, calls=200, trials=1) for _ in range(12)]
     ours_b128 = stage_calls(C, H, K, batch=B)[0]
     stage4_eager_ms = [bench(ours_b128) for _ in range(5)]
-    res = {
-        "device": torch.cuda.get_device_name(),
-        "versions": versions(),
-        "command": "PYTHONPATH=src python bench/host_cost.py" + (" --out $OUT" if args.out else ""),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "cpu_count": os.cpu_count(),
-        "protocol": "B = 1: median over 7 trials of 300 back-to-back forward+backward calls, wall time per call",
-        "rows": rows,
-        "stage4_profile_us_per_call": stage4_profile,
-        "stage4_B1_ours_us_12_trials": stage4_trials,
-        f"stage4_B{B}_eager_fwdbwd_ms_5_runs": stage4_eager_ms,
-    }
-    write_results("host_cost", res, args.out)
+    write_results(
+        "host_cost",
+        "PYTHONPATH=src python bench/host_cost.py",
+        "B = 1: median over 7 trials of 300 back-to-back forward+backward calls, wall time per call",
+        {
+            "cpu_count": os.cpu_count(),
+            "rows": rows,
+            "stage4_profile_us_per_call": stage4_profile,
+            "stage4_B1_ours_us_12_trials": stage4_trials,
+            f"stage4_B{B}_eager_fwdbwd_ms_5_runs": stage4_eager_ms,
+        },
+        args.out,
+    )
     print("\nstage 4 host time by function (us per forward+backward):")
     for fn_name, us in stage4_profile:
         print(f"  {us:7.1f}  {fn_name}")

@@ -56,8 +56,18 @@ def versions():
     return v
 
 
-def write_results(stem: str, res: dict, out: str | None) -> None:
-    """Writes ``res`` as <stem>_<GPU name>.json to bench/results/ and, when given, to ``out``."""
+def write_results(stem: str, command: str, protocol: str, body: dict, out: str | None) -> None:
+    """Writes the device, versions, command, date and protocol followed by ``body`` as
+    <stem>_<GPU name>.json to bench/results/ and, when given, to ``out`` (``command`` then gets
+    ``--out $OUT`` appended)."""
+    res = {
+        "device": torch.cuda.get_device_name(),
+        "versions": versions(),
+        "command": command + (" --out $OUT" if out else ""),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "protocol": protocol,
+        **body,
+    }
     name = f"{stem}_" + torch.cuda.get_device_name().replace(" ", "_") + ".json"
     paths = [Path(__file__).resolve().parent / "results" / name] + ([Path(out) / name] if out else [])
     for p in paths:
@@ -267,21 +277,17 @@ def main():
     args = ap.parse_args()
     t0 = time.time()
     rows = run(args.quick)
-    res = {
-        "device": torch.cuda.get_device_name(),
-        "versions": versions(),
-        "command": (
-            "PYTHONPATH=src python bench/op_bench.py"
-            + (" --quick" if args.quick else "")
-            + (" --out $OUT" if args.out else "")
-        ),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "protocol": "triton.testing.do_bench median, warmup 25 ms, rep 100 ms, cudnn.benchmark on",
-        "floors": {"fp32_cuda_core_flops": H100_FP32_FLOPS, "copy_bw": H100_BW},
-        "rows": rows,
-        "wall_s": time.time() - t0,
-    }
-    write_results("op_bench", res, args.out)
+    write_results(
+        "op_bench",
+        "PYTHONPATH=src python bench/op_bench.py" + (" --quick" if args.quick else ""),
+        "triton.testing.do_bench median, warmup 25 ms, rep 100 ms, cudnn.benchmark on",
+        {
+            "floors": {"fp32_cuda_core_flops": H100_FP32_FLOPS, "copy_bw": H100_BW},
+            "rows": rows,
+            "wall_s": time.time() - t0,
+        },
+        args.out,
+    )
     print()
     hdr = (
         f"{'stage':>14} {'dtype':>8} | {'ours f/b/fb ms':>20} | {'cuDNN fb':>8} {'x':>5} | {'refsty fb':>9} {'x':>5}"

@@ -44,38 +44,21 @@ study_fwd_padded(const io_t* __restrict__ x, const acc_t* __restrict__ w, const 
     zero_fill(s_x, P * XPL + 2 * ZB);
     __syncthreads();
     const int n = s_n;
-    for (int t = tid; t < n * KK; t += blockDim.x) {
-        const int i = t / KK, e = t - i * KK;
-        s_w[t] = w[(long long)(c * nk + s_list[i]) * KK + e];
-    }
+    stage_tables(c, nk, NREP, n, w, offh, offv, idc, s_w, s_dh, s_dv, s_id, s_list);
+    // each thread rewrites the vertical offsets it staged (same loop as stage_tables): no barrier needed
     for (int t = tid; t < n * NREP; t += blockDim.x) {
-        const int i = t / NREP, g = t - i * NREP;
-        const long long src = (long long)(c * nk + s_list[i]) * NREP + g;
-        s_dh[t] = offh[src];
-        const int dv = offv[src];
+        const int dv = s_dv[t];
         s_dv[t] = (dv > PADR || dv < -PADR) ? SKIP_V : dv * ZP;
     }
-    for (int t = tid; t < n; t += blockDim.x) s_id[t] = idc[c * nk + s_list[t]];
     copy_planes(x, s_x, b0, np, C, c, H, W, XR, XP, 2 * RS);
 
-    // Z segment of this thread (one per thread: the plan sets blockDim >= P*EW*NZB)
-    const bool zown = tid < P * EW * NZB;
-    int xoff = 0, zoff = 0;
-    if (zown) {
-        const int p = tid / (EW * NZB), rem = tid - p * EW * NZB;
-        const int eh0 = (rem / EW) * PPT, ew = rem - (rem / EW) * EW;
-        xoff = p * XPL + eh0 * XP + ew;
-        zoff = (PADR + p * SI + eh0) * ZP + ew;
-    }
+    // response strip of this thread (one per thread: the plan sets blockDim >= P*EW*NZB)
+    int zp_img = 0, eh0 = 0, ew = 0;
+    const bool zown = column_strip(tid, P, EW, NZB, zp_img, eh0, ew);
+    const int xoff = zp_img * XPL + eh0 * XP + ew, zoff = (PADR + zp_img * SI + eh0) * ZP + ew;
     // output strip of this thread
-    const bool own = tid < np * W * NHB;
     int op = 0, ow = 0, oh0 = 0;
-    if (own) {
-        op = tid / (W * NHB);
-        const int rem = tid - op * W * NHB;
-        oh0 = (rem / W) * PPT;
-        ow = rem - (rem / W) * W;
-    }
+    const bool own = column_strip(tid, np, W, NHB, op, oh0, ow);
     const int obase = (PADR + op * SI + oh0 + RS) * ZP + ow + RS;
     const int hcol = ow + RS;
     acc_t aH[PPT], aV[PPT], aI[PPT];
@@ -85,25 +68,9 @@ study_fwd_padded(const io_t* __restrict__ x, const acc_t* __restrict__ w, const 
 
     auto zcompute = [&](int i, acc_t* buf) {
         if (!zown) return;
-        const acc_t* xp = s_x + xoff;
         acc_t xv[WR][KS];
-#pragma unroll
-        for (int a = 0; a < WR; ++a)
-#pragma unroll
-            for (int bb = 0; bb < KS; ++bb) xv[a][bb] = xp[a * XP + bb];
-        acc_t wr[KK];
-#pragma unroll
-        for (int q = 0; q < KK; ++q) wr[q] = s_w[i * KK + q];
-        acc_t* zp = buf + zoff;
-#pragma unroll
-        for (int t = 0; t < PPT; ++t) {
-            acc_t z = 0;
-#pragma unroll
-            for (int a = 0; a < KS; ++a)
-#pragma unroll
-                for (int bb = 0; bb < KS; ++bb) z += wr[a * KS + bb] * xv[t + a][bb];
-            zp[t * ZP] = z;
-        }
+        load_window(s_x + xoff, xv);
+        strip_response(s_w + i * KK, xv, buf + zoff);
     };
 
     if (n > 0) zcompute(0, s_z);
@@ -134,23 +101,14 @@ study_fwd_padded(const io_t* __restrict__ x, const acc_t* __restrict__ w, const 
         __syncthreads();
     }
 
-    if (own) {
-        const long long o0 = ((long long)(b0 + op) * C + c) * H * W + ow;
-#pragma unroll
-        for (int t = 0; t < PPT; ++t) {
-            const int h = oh0 + t;
-            if (h < H) {
-                st_io(out_h, o0 + (long long)h * W, aH[t]);
-                st_io(out_v, o0 + (long long)h * W, aV[t]);
-                st_io(out_i, o0 + (long long)h * W, aI[t]);
-            }
-        }
-    }
+    if (own) store_branches(out_h, out_v, out_i, ((long long)(b0 + op) * C + c) * H * W + ow, oh0, H, W, aH, aV, aI);
 }
 
 // Paired bf16: A[c] = Z(ext column c - 1), B[c] = Z(c); a gather at ext column e reads the pair
 // (Z(e), Z(e + 1)) from A when e is odd and from B when e is even, both at an even index.
-#if DT == 2 && NREP == 4 && KS == 3
+// PZPW / PXPW: the pitches (32-bit words) of the response and input planes, compile-time so that
+// the per-row offsets of the unrolled loads are immediates.
+#if DT == 2 && NREP == 4 && KS == 3 && defined(PZPW) && defined(PXPW)
 __device__ __forceinline__ float bf_lo(unsigned u) { return __uint_as_float(u << 16); }
 __device__ __forceinline__ float bf_hi(unsigned u) { return __uint_as_float(u & 0xffff0000u); }
 __device__ __forceinline__ unsigned bf_pack(float lo, float hi) {
@@ -164,21 +122,17 @@ study_fwd_paired_bf16(const unsigned short* __restrict__ x, const float* __restr
                       const int* __restrict__ offh, const int* __restrict__ offv, const int* __restrict__ idc,
                       const unsigned char* __restrict__ active, unsigned short* __restrict__ out_h,
                       unsigned short* __restrict__ out_v, unsigned short* __restrict__ out_i, int B, int C, int H,
-                      int W, int nk, int P, int PADR, int SI, int ZPW, int XPW) {
+                      int W, int nk, int P, int PADR, int SI) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     __shared__ int s_n;
     const int c = blockIdx.x, b0 = blockIdx.y * P;
     const int np = min(P, B - b0);
     const int EH = H + 2, EW = W + 2;
     const int NHB = (H + PPT - 1) / PPT, NZB = (EH + PPT - 1) / PPT, NQZ = EW / 2 + 1, NQO = (W + 1) / 2;
+    constexpr int ZPW = PZPW, XPW = PXPW;
     const int XR = NZB * PPT + 2, XPL = ((XR * XPW + 3) / 4) * 4;
     const int ZROWS = PADR + P * SI + PPT, ZL = ((ZROWS * ZPW + 3) / 4) * 4;
     const int tid = threadIdx.x, NT = blockDim.x;
-#ifdef ZPW_CT
-    // compile-time pitches turn the per-row offsets of the unrolled loads into immediates
-    ZPW = ZPW_CT;
-    XPW = XPW_CT;
-#endif
 
     float* s_w = (float*)smem_raw;                     // nk * 12
     unsigned* s_x = (unsigned*)(s_w + nk * 12);        // P * XPL words (bf16 pairs)
@@ -224,22 +178,11 @@ study_fwd_paired_bf16(const unsigned short* __restrict__ x, const float* __restr
         }
     }
 
-    const bool zown = tid < P * NQZ * NZB;
-    int xoff = 0, zoff = 0;
-    if (zown) {
-        const int p = tid / (NQZ * NZB), rem = tid - p * NQZ * NZB;
-        const int eh0 = (rem / NQZ) * PPT, qz = rem - (rem / NQZ) * NQZ;
-        xoff = p * XPL + eh0 * XPW + qz;
-        zoff = (PADR + p * SI + eh0) * ZPW + qz;
-    }
-    const bool own = tid < np * NQO * NHB;
+    int zp_img = 0, eh0 = 0, qz = 0;
+    const bool zown = column_strip(tid, P, NQZ, NZB, zp_img, eh0, qz);
+    const int xoff = zp_img * XPL + eh0 * XPW + qz, zoff = (PADR + zp_img * SI + eh0) * ZPW + qz;
     int op = 0, qo = 0, oh0 = 0;
-    if (own) {
-        op = tid / (NQO * NHB);
-        const int rem = tid - op * NQO * NHB;
-        oh0 = (rem / NQO) * PPT;
-        qo = rem - (rem / NQO) * NQO;
-    }
+    const bool own = column_strip(tid, np, NQO, NHB, op, oh0, qo);
     const int obase = (PADR + op * SI + oh0 + 1) * ZPW + qo;
     const int w0 = 2 * qo;
     float aH[PPT][2], aV[PPT][2], aI[PPT][2];

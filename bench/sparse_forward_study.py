@@ -21,7 +21,7 @@ from pathlib import Path
 
 import cupy
 import torch
-from op_bench import K_SMALL, N_REP, STAGES, B, bench, forced_kernel, versions, write_results
+from op_bench import K_SMALL, N_REP, STAGES, B, bench, forced_kernel, write_results
 
 from swconv.ops import cuda as swc
 from swconv.ops.functional import shift_wise_conv
@@ -85,9 +85,8 @@ def paired_launch(C: int, H: int, W: int, nk: int, max_offset: int):
     xpw, zpw = nqz + 2, nqz + 1
     xpl, zl = _r4((nzb * ppt + 2) * xpw), _r4((padr + P * si + ppt) * zpw)
     smem = 4 * (nk * 12 + P * xpl + 4 * zl + 3 * nk * 4 + 2 * nk)
-    fn = _function("study_fwd_paired_bf16", 8, ppt, (f"-DZPW_CT={zpw}", f"-DXPW_CT={xpw}"))
-    ints = (B, C, H, W, nk, P, padr, si, zpw, xpw)
-    launch = swc._Launch(swc._Kernel(fn), (C, (B + P - 1) // P), threads, smem, 9, ints)
+    fn = _function("study_fwd_paired_bf16", 8, ppt, (f"-DPZPW={zpw}", f"-DPXPW={xpw}"))
+    launch = swc._Launch(swc._Kernel(fn), (C, (B + P - 1) // P), threads, smem, 9, (B, C, H, W, nk, P, padr, si))
     return launch, dict(P=P, threads=threads, smem=smem, regs=fn.attributes["num_regs"])
 
 
@@ -149,16 +148,13 @@ def main():
     rows = run(args.profile)
     if args.profile:
         return
-    res = {
-        "device": torch.cuda.get_device_name(),
-        "versions": versions(),
-        "command": "PYTHONPATH=src python bench/sparse_forward_study.py" + (" --out $OUT" if args.out else ""),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "protocol": "bf16 forward only; triton.testing.do_bench median, warmup 25 ms, rep 100 ms",
-        "rows": rows,
-        "wall_s": time.time() - t0,
-    }
-    write_results("sparse_forward_study", res, args.out)
+    write_results(
+        "sparse_forward_study",
+        "PYTHONPATH=src python bench/sparse_forward_study.py",
+        "bf16 forward only; triton.testing.do_bench median, warmup 25 ms, rep 100 ms",
+        {"rows": rows, "wall_s": time.time() - t0},
+        args.out,
+    )
     names = ("default", "v2", "padded_fp32", "paired_bf16")
     print("bf16 forward ms, density 1.0 / 0.3; last column: best sparse d0.3 over the default op at d1.0")
     print(f"{'stage':>9} | " + " | ".join(f"{n:>15}" for n in names) + " | ratio")
