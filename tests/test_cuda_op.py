@@ -108,10 +108,14 @@ CONFIGS = [random_config(random.Random(1234 + i), i) for i in range(216)]
 @pytest.mark.skipif(not (HAS_CUDA and HAS_CUPY), reason="needs a CUDA GPU and CuPy")
 @pytest.mark.parametrize("i", range(len(CONFIGS)))
 def test_random_config_vs_reference(i):
+    check_against_reference(CONFIGS[i], 1000 + i)
+
+
+def check_against_reference(cfg: dict, seed: int) -> None:
+    """Outputs and both gradients of the CUDA op against the float64 reference."""
     from swconv.ops.cuda import shift_wise_conv_cuda
 
-    cfg = CONFIGS[i]
-    x, weight, ph, pv, ident, active = make_inputs(cfg, 1000 + i)
+    x, weight, ph, pv, ident, active = make_inputs(cfg, seed)
     dt = cfg["dtype"]
     xr = x.detach().clone().requires_grad_(True)
     wr = weight.detach().clone().requires_grad_(True)
@@ -167,6 +171,25 @@ def test_tc_kernels_small_planes(i, monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not (HAS_CUDA and HAS_CUPY), reason="needs a CUDA GPU and CuPy")
+@pytest.mark.parametrize("dt", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("H,K", [(14, 47), (28, 49)])
+def test_tc_many_images_per_block(dt, H, K, monkeypatch):
+    """SW-T stage 3 / 2 planes with a batch that fills several multi-image blocks, the last one short."""
+    from swconv.ops.cuda import kernel_info
+
+    monkeypatch.delenv("SWCONV_CUDA_KERNEL", raising=False)
+    B = 37
+    info = kernel_info((B, 3, H, H), dt, math.ceil(K / 3), 4, 3, torch.cuda.current_device(), K)
+    assert info["version"] == "tc"
+    for kind in ("fwd", "bwd"):
+        P = info[kind]["P"]
+        assert 1 < P < B and B % P, f"{kind} plan P={P} does not exercise a short last block"
+    cfg = dict(B=B, C=3, H=H, W=H, k=3, K=K, n_rep=4, n_path=2, density=0.7, dtype=dt, layout="contiguous")
+    check_against_reference(cfg, 7000 + H)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (HAS_CUDA and HAS_CUPY), reason="needs a CUDA GPU and CuPy")
 @pytest.mark.parametrize("dt", [torch.bfloat16, torch.float16, torch.float32])
 def test_kernel_selection(dt, monkeypatch):
     from swconv.ops.cuda import kernel_info
@@ -176,6 +199,7 @@ def test_kernel_selection(dt, monkeypatch):
     assert info["version"] == ("v2" if dt == torch.float32 else "tc")
     if info["version"] == "tc":
         assert info["fwd"]["local_bytes"] == 0, "tensor-core forward kernel spills registers"
+        assert info["bwd"]["local_bytes"] == 0, "tensor-core backward kernel spills registers"
     assert kernel_info((8, 60, 80, 80), dt, 17, 4, 3, torch.cuda.current_device(), 51)["version"] == "v2"
     assert kernel_info((128, 492, 7, 7), dt, 5, 4, 3, torch.cuda.current_device(), 13)["version"] == "v2"
     monkeypatch.setenv("SWCONV_CUDA_KERNEL", "tc")

@@ -87,21 +87,31 @@ def _source(version: str) -> str:
 
 
 _modules: dict[tuple, tuple] = {}
-_optin: dict[int, int] = {}
+_device_attrs: dict[tuple[int, str], int] = {}
+
+
+def _device_attribute(device_index: int, torch_name: str, cupy_name: str) -> int:
+    """A device property from torch (CuPy's device attributes where torch lacks it), cached."""
+    key = (device_index, torch_name)
+    v = _device_attrs.get(key)
+    if v is None:
+        try:
+            v = int(getattr(torch.cuda.get_device_properties(device_index), torch_name))
+        except AttributeError:
+            with cupy.cuda.Device(device_index):
+                v = int(cupy.cuda.Device(device_index).attributes[cupy_name])
+        _device_attrs[key] = v
+    return v
 
 
 def _smem_optin(device_index: int) -> int:
     """Largest dynamic shared memory a block may opt in to (minus a little for static smem)."""
-    v = _optin.get(device_index)
-    if v is None:
-        try:
-            v = int(torch.cuda.get_device_properties(device_index).shared_memory_per_block_optin)
-        except AttributeError:
-            with cupy.cuda.Device(device_index):
-                v = int(cupy.cuda.Device(device_index).attributes["MaxSharedMemoryPerBlockOptin"])
-        v -= 1024
-        _optin[device_index] = v
-    return v
+    return _device_attribute(device_index, "shared_memory_per_block_optin", "MaxSharedMemoryPerBlockOptin") - 1024
+
+
+def _smem_per_sm(device_index: int) -> int:
+    """Shared memory of one SM, shared by its resident blocks."""
+    return _device_attribute(device_index, "shared_memory_per_multiprocessor", "MaxSharedMemoryPerMultiprocessor")
 
 
 def _min_blocks() -> int:
@@ -527,6 +537,17 @@ _TC_MAX_PLANE = 64
 # GPU time forward + backward)
 _TC_MIN_PLANE = 8
 _TC_THREADS = 256  # NWARP * 32 in the kernel
+# swc_cross_grad: one block per channel, a thread per cross-kernel tap (3 k L = 432-459 at the
+# SW-T stages) summing the batch blocks' partials; 256 threads took two rounds
+_TC_CROSS_THREADS = 512
+# Resident blocks per SM the forward / backward are compiled for (FWD_MINB 4 / BWD_MINB 2 in the
+# kernel: register caps 64 / 128) and that their launch plans keep: the forward at 3 of its 4,
+# the backward at 2. Measured on an H200 at the SW-T stages (bench/tc_plan_sweep.py): backward
+# 0.91 / 0.51 / 0.30 ms at stages 1-3 against 1.09 / 0.62 / 0.35 with the former 128 lines per
+# block and an 85-register cap (spills), forward 0.24 / 0.14 / 0.10 against 0.25 / 0.17 / 0.12.
+_TC_BLOCKS_PER_SM = {False: 3, True: 2}
+_TC_MAX_LINES = 256  # image lines per block; beyond that the forward gains nothing
+_SMEM_RESERVED_PER_BLOCK = 1024  # shared memory the driver keeps per resident block (sm_80 on)
 _tc_modules: dict[tuple, tuple] = {}
 
 
@@ -574,20 +595,34 @@ def tc_smem_bytes(backward: bool, P: int, H: int, W: int, L: int, m: int, ks: in
 
 
 @functools.lru_cache(maxsize=4096)
-def tc_launch_plan(B: int, H: int, W: int, L: int, m: int, ks: int, backward: bool, smem_limit: int):
-    """(P images per block, shared memory bytes) of the tensor-core kernels, or None."""
-    if H > _TC_MAX_PLANE or W > _TC_MAX_PLANE:
+def tc_launch_plan(
+    B: int, H: int, W: int, L: int, m: int, ks: int, backward: bool, smem_limit: int, smem_per_sm: int
+) -> tuple[int, int] | None:
+    """(P images per block, shared memory bytes) of the tensor-core kernels, or None.
+
+    P is the largest count up to _TC_MAX_LINES image lines per block that still lets the
+    kernel's resident blocks per SM (_TC_BLOCKS_PER_SM) share the SM's shared memory: more
+    images per block spread the per-block set-up (cross kernels, fragment tables, and in the
+    backward the per-warp tap buffers) over more work, fewer resident blocks hide less latency.
+    The batch is not evened out over the blocks: a block's warps take row tiles and gradient items
+    in rounds, so at stage 3 P = 17 (seven full blocks and a short one) beat P = 16 (eight equal
+    blocks) by 5 % in the backward."""
+    if H > _TC_MAX_PLANE or W > _TC_MAX_PLANE or tc_smem_bytes(backward, 1, H, W, L, m, ks) > smem_limit:
         return None
-    # image lines per block: 4-8 row tiles per branch; large backward planes keep one image per block
-    rows = 64 if backward and max(H, W) > 32 else 128
-    P = max(1, min(B, rows // max(H, W)))
-    while True:
+    want = _TC_BLOCKS_PER_SM[backward]
+    P = max(1, min(B, _TC_MAX_LINES // max(H, W)))
+    while P > 1:
         smem = tc_smem_bytes(backward, P, H, W, L, m, ks)
-        if smem <= smem_limit:
-            return P, smem
-        if P == 1:
-            return None
-        P = max(1, P // 2)
+        if smem <= smem_limit and smem_per_sm // (smem + _SMEM_RESERVED_PER_BLOCK) >= want:
+            break
+        P -= 1
+    return P, tc_smem_bytes(backward, P, H, W, L, m, ks)
+
+
+def _tc_plans(B: int, H: int, W: int, L: int, m: int, ks: int, device_index: int) -> tuple:
+    """tc_launch_plan of the forward and of the backward on one device."""
+    limits = _smem_optin(device_index), _smem_per_sm(device_index)
+    return tuple(tc_launch_plan(B, H, W, L, m, ks, bwd, *limits) for bwd in (False, True))
 
 
 def _tc_applies(dtype: torch.dtype, B: int, H: int, W: int, L: int, m: int, ks: int, device_index: int) -> bool:
@@ -597,8 +632,7 @@ def _tc_applies(dtype: torch.dtype, B: int, H: int, W: int, L: int, m: int, ks: 
         return False
     if choice == "auto" and max(H, W) <= _TC_MIN_PLANE:
         return False
-    optin = _smem_optin(device_index)
-    return all(tc_launch_plan(B, H, W, L, m, ks, bwd, optin) is not None for bwd in (False, True))
+    return all(plan is not None for plan in _tc_plans(B, H, W, L, m, ks, device_index))
 
 
 def _paired(W: int, *tensors: torch.Tensor) -> int:
@@ -611,8 +645,8 @@ def _tc_launches(dtype: torch.dtype, B: int, C: int, H: int, W: int, nk: int, nr
     """(forward, backward, cross-gradient) launches of the tensor-core kernels for one shape; the
     forward and backward take one more int at call time (whether the planes can be paired)."""
     cross_grad, fwd, bwd = _tc_functions(_TC_DTYPES[dtype], ks, idx)
-    L, optin = nk * ks, _smem_optin(idx)
-    (Pf, smem_f), (Pb, smem_b) = (tc_launch_plan(B, H, W, L, m, ks, bwd_, optin) for bwd_ in (False, True))
+    L = nk * ks
+    (Pf, smem_f), (Pb, smem_b) = _tc_plans(B, H, W, L, m, ks, idx)
     gy = (B + Pb - 1) // Pb
     return (
         # x, w, perm_h, perm_v, identity_pick, active, 3 outputs
@@ -620,7 +654,7 @@ def _tc_launches(dtype: torch.dtype, B: int, C: int, H: int, W: int, nk: int, nr
         # x, 3 grads, w, perm_h, perm_v, identity_pick, active, grad_x, partials
         _Launch(bwd, (C, gy), _TC_THREADS, smem_b, 11, (B, C, H, W, nk, nrep, m, Pb), n_late=1),
         # partials, offh, offv, idc, active, grad_w
-        _Launch(cross_grad, (C, 1), 256, 3 * ks * L * 4, 6, (C, nk, nrep, m, gy)),
+        _Launch(cross_grad, (C, 1), _TC_CROSS_THREADS, 3 * ks * L * 4, 6, (C, nk, nrep, m, gy)),
     )
 
 
@@ -901,9 +935,9 @@ def kernel_info(x_shape, dtype=torch.bfloat16, nk=17, nrep=4, ks=3, device_index
     """Launch plans and compiled resource usage (registers, local memory) for a shape."""
     B, C, H, W = x_shape
     big_kernel = nk * ks if big_kernel is None else big_kernel
-    L, m, optin = nk * ks, big_kernel // 2, _smem_optin(device_index)
+    L, m = nk * ks, big_kernel // 2
     if _tc_applies(dtype, B, H, W, L, m, ks, device_index):
-        plans = [tc_launch_plan(B, H, W, L, m, ks, bwd, optin) for bwd in (False, True)]
+        plans = _tc_plans(B, H, W, L, m, ks, device_index)
         fns = _tc_functions(_TC_DTYPES[dtype], ks, device_index)
         info = {"version": "tc"}
         for kind, (P, smem), fn in zip(("fwd", "bwd"), plans, fns[1:]):
