@@ -532,9 +532,10 @@ _fwd_op.register_autograd(_backward, setup_context=_setup_context)
 # ----------------------------------------------------------------------------------------------
 _TC_DTYPES = {torch.float16: 1, torch.bfloat16: 2}
 _TC_MAX_PLANE = 64
-# "auto" leaves planes up to 8 x 8 to v2: one 16 x 8 tile per image line wastes most of the MMA
-# and the per-block set-up dominates (SW-T stage 4, 7 x 7, bf16 on an H200: v2 0.46 ms vs 0.52 ms
-# GPU time forward + backward)
+# "auto" leaves planes up to 8 x 8 to v2: at SW-T stage 4 (7 x 7, bf16, H200; op_bench "tc_d1.0")
+# tc runs the forward faster (0.09 vs 0.13 ms) but the backward slower (0.34 vs 0.29 ms): its
+# 16 x 8 tiles fit 7-wide lines and a 13-tap kernel poorly; v2 also gets cheaper with density
+# (0.58x at 0.3)
 _TC_MIN_PLANE = 8
 _TC_THREADS = 256  # NWARP * 32 in the kernel
 # swc_cross_grad: one block per channel, a thread per cross-kernel tap (3 k L = 432-459 at the
