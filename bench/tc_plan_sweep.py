@@ -23,20 +23,10 @@ from op_bench import K_SMALL, N_REP, STAGES, B, bench, write_results
 from swconv.ops import cuda as swc
 from swconv.ops.tables import make_shift_tables
 
-_modules: dict[int, tuple] = {}
 
-
-def _kernels(bwd_minb: int) -> tuple:
-    """(cross_grad, fwd, bwd) of shift_wise_tc.cu in bf16 with the given backward register cap."""
-    if bwd_minb not in _modules:
-        opts = ("-DDT=2", f"-DKS={K_SMALL}", f"-DBWD_MINB={bwd_minb}", "-std=c++17")
-        mod = cupy.RawModule(code=swc._source("tc"), options=opts, backend="nvrtc")
-        raw = [mod.get_function(n) for n in ("swc_cross_grad", "swc_tc_fwd", "swc_tc_bwd")]
-        for fn in raw[1:]:
-            fn.max_dynamic_shared_size_bytes = swc._smem_optin(0)
-            fn.preferred_shared_memory_carveout = 100
-        _modules[bwd_minb] = tuple(swc._Kernel(fn) for fn in raw)
-    return _modules[bwd_minb]
+def _kernels(defines: tuple[str, ...]) -> tuple:
+    """(cross_grad, fwd, bwd) of shift_wise_tc.cu in bf16 with extra -D options (none: as shipped)."""
+    return swc._tc_functions(swc._TC_DTYPES[torch.bfloat16], K_SMALL, 0, defines)
 
 
 def _blocks_per_sm(kernel, smem: int) -> int:
@@ -66,35 +56,30 @@ def run() -> list[dict]:
         ref_fwd = swc._tc_forward(*fwd_args, shipped)
         bwd_args = (x, *grads, w, *tables, active, K)
         ref_bwd = swc._tc_backward_launch(*bwd_args, shipped)
-        (p_fwd, _), (p_bwd, _) = swc._tc_plans(B, H, H, L, m, K_SMALL, 0)
-        row = {"C_rep": C, "H": H, "K": K, "picked_P": {"fwd": p_fwd, "bwd": p_bwd}}
+        shipped_plans = swc._tc_plans(B, H, H, L, m, K_SMALL, 0)
+        row = {"C_rep": C, "H": H, "K": K, "picked_P": {"fwd": shipped_plans[0][0], "bwd": shipped_plans[1][0]}}
         row["fwd"], row["bwd_minb2"], row["bwd_minb3"] = [], [], []
-        for backward, minb, key in ((False, 2, "fwd"), (True, 2, "bwd_minb2"), (True, 3, "bwd_minb3")):
-            cross, fwd, bwd = _kernels(minb)
+        variants = ((False, (), "fwd"), (True, (), "bwd_minb2"), (True, ("-DBWD_MINB=3",), "bwd_minb3"))
+        for backward, defines, key in variants:
+            fns = _kernels(defines)
             for P in range(1, min(B, 64) + 1):
                 smem = swc.tc_smem_bytes(backward, P, H, H, L, m, K_SMALL)
                 if smem > optin:
                     break
-                gy = (B + P - 1) // P
-                ints = (B, C, H, H, nk, N_REP, m, P)
+                plans = ((P, smem), shipped_plans[1]) if not backward else (shipped_plans[0], (P, smem))
+                launches = swc._tc_launch_records(fns, B, C, H, H, nk, N_REP, K_SMALL, m, plans)
                 if backward:
-                    cross_ints = (C, nk, N_REP, m, gy)
-                    launches = (
-                        shipped[0],
-                        swc._Launch(bwd, (C, gy), swc._TC_THREADS, smem, 11, ints, n_late=1),
-                        swc._Launch(cross, (C, 1), swc._TC_CROSS_THREADS, 3 * K_SMALL * L * 4, 6, cross_ints),
-                    )
                     out = swc._tc_backward_launch(*bwd_args, launches)
                     err = max(_rel_err(a, b) for a, b in zip(out, ref_bwd))
                     ms = bench(lambda launches=launches: swc._tc_backward_launch(*bwd_args, launches))
                 else:
-                    launches = (swc._Launch(fwd, (C, gy), swc._TC_THREADS, smem, 9, ints, n_late=1),) + shipped[1:]
                     err = max(_rel_err(a, b) for a, b in zip(swc._tc_forward(*fwd_args, launches), ref_fwd))
                     ms = bench(lambda launches=launches: swc._tc_forward(*fwd_args, launches))
                 if err > 1e-5:
                     raise AssertionError(f"{C}@{H} {key} P={P}: relative error {err:.2e} vs the shipped plan")
-                occ = _blocks_per_sm(bwd if backward else fwd, smem)
-                row[key].append({"P": P, "smem": smem, "blocks_per_sm": occ, "grid": C * gy, "ms": ms, "rel_err": err})
+                occ = _blocks_per_sm(fns[2] if backward else fns[1], smem)
+                grid = C * ((B + P - 1) // P)
+                row[key].append({"P": P, "smem": smem, "blocks_per_sm": occ, "grid": grid, "ms": ms, "rel_err": err})
         rows.append(row)
     return rows
 

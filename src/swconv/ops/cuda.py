@@ -552,11 +552,13 @@ _SMEM_RESERVED_PER_BLOCK = 1024  # shared memory the driver keeps per resident b
 _tc_modules: dict[tuple, tuple] = {}
 
 
-def _tc_functions(dtype_code: int, ks: int, device_index: int):
-    key = (dtype_code, ks, device_index)
+def _tc_functions(dtype_code: int, ks: int, device_index: int, defines: tuple[str, ...] = ()):
+    """(swc_cross_grad, swc_tc_fwd, swc_tc_bwd) compiled for one dtype and k; ``defines``: extra
+    ``-D`` options (benchmarks compare register caps with them)."""
+    key = (dtype_code, ks, device_index, defines)
     fns = _tc_modules.get(key)
     if fns is None:
-        opts = (f"-DDT={dtype_code}", f"-DKS={ks}", "-std=c++17")
+        opts = (f"-DDT={dtype_code}", f"-DKS={ks}", *defines, "-std=c++17")
         with cupy.cuda.Device(device_index):
             mod = cupy.RawModule(code=_source("tc"), options=opts, backend="nvrtc")
             raw = [mod.get_function(n) for n in ("swc_cross_grad", "swc_tc_fwd", "swc_tc_bwd")]
@@ -607,7 +609,7 @@ def tc_launch_plan(
     backward the per-warp tap buffers) over more work, fewer resident blocks hide less latency.
     The batch is not evened out over the blocks: a block's warps take row tiles and gradient items
     in rounds, so at stage 3 P = 17 (seven full blocks and a short one) beat P = 16 (eight equal
-    blocks) by 5 % in the backward."""
+    blocks) by 4-5 % in the backward."""
     if H > _TC_MAX_PLANE or W > _TC_MAX_PLANE or tc_smem_bytes(backward, 1, H, W, L, m, ks) > smem_limit:
         return None
     want = _TC_BLOCKS_PER_SM[backward]
@@ -641,14 +643,13 @@ def _paired(W: int, *tensors: torch.Tensor) -> int:
     return int(W % 2 == 0 and all(t.data_ptr() % 4 == 0 for t in tensors))
 
 
-@functools.lru_cache(maxsize=256)
-def _tc_launches(dtype: torch.dtype, B: int, C: int, H: int, W: int, nk: int, nrep: int, ks: int, m: int, idx: int):
-    """(forward, backward, cross-gradient) launches of the tensor-core kernels for one shape; the
-    forward and backward take one more int at call time (whether the planes can be paired)."""
-    cross_grad, fwd, bwd = _tc_functions(_TC_DTYPES[dtype], ks, idx)
-    L = nk * ks
-    (Pf, smem_f), (Pb, smem_b) = _tc_plans(B, H, W, L, m, ks, idx)
-    gy = (B + Pb - 1) // Pb
+def _tc_launch_records(fns: tuple, B: int, C: int, H: int, W: int, nk: int, nrep: int, ks: int, m: int, plans):
+    """(forward, backward, cross-gradient) launches of the compiled kernels ``fns`` (as
+    ``_tc_functions`` returns them) with the (P, shared memory) ``plans`` of forward and backward;
+    the forward and backward take one more int at call time (whether the planes can be paired)."""
+    cross_grad, fwd, bwd = fns
+    (Pf, smem_f), (Pb, smem_b) = plans
+    L, gy = nk * ks, (B + Pb - 1) // Pb
     return (
         # x, w, perm_h, perm_v, identity_pick, active, 3 outputs
         _Launch(fwd, (C, (B + Pf - 1) // Pf), _TC_THREADS, smem_f, 9, (B, C, H, W, nk, nrep, m, Pf), n_late=1),
@@ -657,6 +658,13 @@ def _tc_launches(dtype: torch.dtype, B: int, C: int, H: int, W: int, nk: int, nr
         # partials, offh, offv, idc, active, grad_w
         _Launch(cross_grad, (C, 1), _TC_CROSS_THREADS, 3 * ks * L * 4, 6, (C, nk, nrep, m, gy)),
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _tc_launches(dtype: torch.dtype, B: int, C: int, H: int, W: int, nk: int, nrep: int, ks: int, m: int, idx: int):
+    """``_tc_launch_records`` of the shipped kernels and launch plans for one shape."""
+    fns = _tc_functions(_TC_DTYPES[dtype], ks, idx)
+    return _tc_launch_records(fns, B, C, H, W, nk, nrep, ks, m, _tc_plans(B, H, W, nk * ks, m, ks, idx))
 
 
 def _tc_forward(x, weight, perm_h, perm_v, identity_pick, active, big_kernel: int, launches=None):
