@@ -1,0 +1,320 @@
+"""Study for the density figure of the CUDA op: forward and backward whose work is proportional
+to the active small kernels, against the dense default op (GPU).
+
+    PYTHONPATH=src python bench/sparse_tile_study.py [--out DIR] [--profile]
+
+The kernels of bench/sparse_tile_study.cu: ``swc_sp_fwd`` / ``swc_sp_bwd`` (CUDA cores: 4 x 4
+output tiles per thread, responses stored row-major and transposed so every gather is an aligned
+16-byte load) and ``study_sp_mma_fwd`` (the same forward with its gathers on the tensor cores).
+
+1. Checks both passes against the float64 PyTorch oracle on random shapes (k 1 / 3 / 5, planes
+   1-64, N_rep 1-4, densities 0 / 0.3 / 1, bf16 and fp32; the GPU tests' tolerances).
+2. Times, in bf16 at the four SW-T stage shapes (B = 128, N_rep = 4) and densities 1.0 / 0.3:
+   the default op (tensor cores at stages 1-3, v2 at stage 4), the study forward and
+   forward+backward, and the tensor-core-gather forward at two images-per-block counts.
+Writes sparse_tile_study_<GPU>.json to bench/results/ (and to --out) and prints a table last.
+--profile: stage 1, density 0.3, the study kernels only, a few launches (for ncu).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import cupy
+import torch
+from op_bench import K_SMALL, N_REP, STAGES, B, bench, write_results
+
+from swconv.ops import cuda as swc
+from swconv.ops.functional import shift_wise_conv
+from swconv.ops.tables import make_shift_tables
+
+SOURCE = (Path(__file__).resolve().parent / "sparse_tile_study.cu").read_text()
+DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 2}
+MAX_THREADS, MIN_BLOCKS = 256, 2  # MAXT / MINB of swc_sp_fwd / swc_sp_bwd
+MMA_MAX_THREADS = 512  # launch bound of study_sp_mma_fwd
+TOL = {torch.float32: (2e-6, 1e-5), torch.bfloat16: (1.5e-2, 2.5e-2)}  # outputs, gradients
+_modules: dict[tuple, tuple] = {}
+
+
+def _functions(dtype: torch.dtype, ks: int) -> tuple:
+    key = (dtype, ks)
+    if key not in _modules:
+        opts = (
+            f"-DDT={DTYPE_CODE[dtype]}",
+            f"-DKS={ks}",
+            f"-DMAXT={MAX_THREADS}",
+            f"-DMINB={MIN_BLOCKS}",
+            "-std=c++17",
+        )
+        mod = cupy.RawModule(code=SOURCE, options=opts, backend="nvrtc")
+        names = ("swc_sp_fwd", "swc_sp_bwd") + (("study_sp_mma_fwd",) if dtype == torch.bfloat16 else ())
+        fns = tuple(mod.get_function(n) for n in names)
+        for fn in fns:
+            fn.max_dynamic_shared_size_bytes = swc._smem_optin(0)
+            fn.preferred_shared_memory_carveout = 100
+        _modules[key] = fns
+    return _modules[key]
+
+
+def _round_up(n: int, m: int) -> int:
+    return (n + m - 1) // m * m
+
+
+def geometry(H: int, W: int, nk: int, ks: int, m: int, backward: bool) -> tuple[int, int, int, int]:
+    """(LOV, RV, LOH, RH): zero rows above and total rows of the staged V plane (image rows) and H
+    plane (image columns, transposed), so that every shift the kernels' tables keep stays inside
+    its plane. Offsets lie in [r - m, (nk - 1) k + r - m]."""
+    r = ks // 2
+    dmin, dmax = r - m, (nk - 1) * ks + r - m
+
+    def rows(n: int) -> tuple[int, int]:
+        padded = _round_up(n, 4)
+        ext = max(padded, n + r)  # rows a thread computes or gathers: [-r, ext)
+        if backward:  # gradient rows [-r, ext) read staged rows [row - d] of [0, n)
+            lo = min(0, -r - min(dmax, ext - 1))
+            hi = max(padded, ext - max(dmin, -(n - 1 + r)))
+        else:  # output rows [0, padded) read response rows [row + d] of [-r, n + r)
+            lo = min(-r, max(dmin, -(padded - 1 + r)))
+            hi = max(ext, padded + min(dmax, n + r - 1))
+        return -lo, hi - lo
+
+    return rows(H) + rows(W)
+
+
+def _table_words(nk: int, ks: int) -> int:
+    return nk * _round_up(ks * ks, 4) + 2 * nk * N_REP + 2 * nk
+
+
+def smem_bytes(backward: bool, P: int, H: int, W: int, nk: int, ks: int, m: int, threads: int) -> int:
+    """Dynamic shared memory of swc_sp_fwd / swc_sp_bwd (mirrors the kernels' carve-up)."""
+    r = ks // 2
+    Hp, Wp = _round_up(H, 4), _round_up(W, 4)
+    _, rv, _, rh = geometry(H, W, nk, ks, m, backward)
+    xp = Wp + 8
+    words = P * ((Hp + 4 * r) * xp + rv * _round_up(Wp, 8) + rh * _round_up(Hp, 8)) + _table_words(nk, ks)
+    if backward:
+        words += 2 * P * (Hp + 2 * r) * xp + nk * (threads // 32) * ks * ks
+    return 4 * words
+
+
+def plan(Bn: int, H: int, W: int, nk: int, ks: int, m: int, backward: bool) -> tuple[int, int, int]:
+    """(P, threads, smem): a thread owns one 4 x 4 tile of each output; as many images per block
+    as fill MAX_THREADS threads, fewer when MIN_BLOCKS blocks would not share an SM."""
+    tiles = _round_up(H, 4) * _round_up(W, 4) // 16
+    P = max(1, min(Bn, MAX_THREADS // tiles))
+    limit, per_sm = swc._smem_optin(0), swc._smem_per_sm(0)
+    while True:
+        threads = _round_up(P * tiles, 32)
+        smem = smem_bytes(backward, P, H, W, nk, ks, m, threads)
+        if P == 1 or (smem <= limit and per_sm // (smem + 1024) >= MIN_BLOCKS):
+            return P, threads, smem
+        P -= 1
+
+
+def _bf16_pitch(n: int) -> int:
+    """Element pitch of a bf16 plane: n rounded up to an odd multiple of 8 (ldmatrix rows 16 * odd
+    bytes apart fall in distinct bank groups)."""
+    p = (n + 7) // 8
+    return 8 * (p if p % 2 else p + 1)
+
+
+def mma_plan(H: int, W: int, nk: int, m: int, P: int) -> tuple[int, int, tuple] | None:
+    """(threads, smem, extra ints) of study_sp_mma_fwd with P images per block, or None."""
+    r = K_SMALL // 2
+    Hp, Wp = _round_up(H, 4), _round_up(W, 4)
+    lov, rv, loh, rh = geometry(H, W, nk, K_SMALL, m, False)
+    pvb, phb = _bf16_pitch(Wp), _bf16_pitch(Hp)
+    warps = math.ceil(P * H / 16) + math.ceil(P * W / 16)
+    threads = max(32 * warps, _round_up(P * (Hp // 4) * (Wp // 4), 32))
+    smem = 4 * P * (Hp + 4 * r) * (Wp + 8) + 2 * P * (rv * pvb + rh * phb) + 4 * _table_words(nk, K_SMALL)
+    if threads > MMA_MAX_THREADS or smem > swc._smem_optin(0):
+        return None
+    return threads, smem, (lov, rv, loh, rh, pvb, phb)
+
+
+class Study:
+    """Launch records of the study kernels for one shape; ``forward`` / ``backward`` as the op's."""
+
+    def __init__(self, dtype, Bn, C, H, W, nk, nrep, ks, big_kernel, mma_P=None):
+        m = big_kernel // 2
+        fns = _functions(dtype, ks)
+        self.launches, self.plans = [], []
+        for n_ptr, fn, bwd in ((9, fns[0], False), (11, fns[1], True)):
+            P, threads, smem = plan(Bn, H, W, nk, ks, m, bwd)
+            ints = (Bn, C, H, W, nk, nrep, P, *geometry(H, W, nk, ks, m, bwd))
+            self.launches.append(swc._Launch(swc._Kernel(fn), (C, (Bn + P - 1) // P), threads, smem, n_ptr, ints))
+            self.plans.append(dict(P=P, threads=threads, smem=smem, regs=fn.attributes["num_regs"]))
+        self.mma = None
+        if mma_P is not None:
+            threads, smem, extra = mma_plan(H, W, nk, m, mma_P)
+            ints = (Bn, C, H, W, nk, nrep, mma_P, *extra)
+            self.mma = swc._Launch(swc._Kernel(fns[2]), (C, (Bn + mma_P - 1) // mma_P), threads, smem, 9, ints)
+
+    def forward(self, x, w, tables, active, launch=None):
+        outs = [torch.full_like(x, float("nan")) for _ in range(3)]
+        (launch or self.launches[0])(0, (x, w, *tables, active, *outs))
+        return outs
+
+    def backward(self, x, grads, w, tables, active):
+        gx = torch.full_like(x, float("nan"))
+        bwd = self.launches[1]
+        part = torch.empty((bwd.grid[1], x.shape[1], tables[0].shape[1], w.shape[-1] ** 2), device=x.device)
+        bwd(0, (x, *grads, w, *tables, active, gx, part))
+        return gx, part.sum(0).reshape(w.shape)
+
+
+def _inputs(Bn, C, H, W, ks, K, nrep, density, dtype, seed):
+    nk = math.ceil(K / ks)
+    perm_h, perm_v, pick = (t.cuda() for t in make_shift_tables(C, nk, nrep, seed=seed))
+    tables = swc.build_tables(perm_h.int(), perm_v.int(), pick.int(), K, ks)
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    x = torch.randn(Bn, C, H, W, device="cuda", generator=gen).to(dtype)
+    active = torch.rand(C * nk, device="cuda", generator=gen) < density
+    w = torch.randn(C * nk, 1, ks, ks, device="cuda", generator=gen) * active.view(-1, 1, 1, 1)
+    return x, w, (perm_h, perm_v, pick), tables, active
+
+
+def _rel(a, b) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    nb = float(b.norm())
+    return float((a - b).norm()) / nb if nb > 0 else float(a.abs().max())
+
+
+def check(n_configs: int = 32) -> list[dict]:
+    """Forward and backward of the CUDA-core study kernels against the float64 oracle."""
+    rng = random.Random(2026)
+    results = []
+    for i in range(n_configs):
+        ks = rng.choice([1, 3, 3, 5])
+        cfg = dict(
+            Bn=rng.choice([1, 2, 5]),
+            C=rng.choice([1, 3, 7]),
+            H=rng.choice([1, 2, 5, 7, 14, 17, rng.randrange(1, 65)]),
+            W=rng.choice([1, 3, 7, 19, 28, rng.randrange(1, 65)]),
+            ks=ks,
+            K=max(ks, rng.choice([13, 31, 47, 51, rng.randrange(ks, 80)])),
+            nrep=rng.randrange(1, 5),
+            density=rng.choice([0.0, 0.3, 1.0]),
+            dtype=(torch.bfloat16, torch.float32)[i % 2],
+        )
+        x, w, perms, tables, active = _inputs(**cfg, seed=100 + i)
+        nk = tables[0].shape[1]
+        study = Study(cfg["dtype"], cfg["Bn"], cfg["C"], cfg["H"], cfg["W"], nk, cfg["nrep"], ks, cfg["K"])
+        act8 = active.to(torch.uint8)
+        outs = study.forward(x, w, tables, act8)
+        x64 = x.double().requires_grad_(True)
+        w64 = w.double().requires_grad_(True)
+        refs = shift_wise_conv(x64, w64, *perms, cfg["K"], active, impl="torch_dense")
+        grads = [torch.randn_like(x) for _ in range(3)]
+        gx, gw = study.backward(x, grads, w, tables, act8)
+        rgx, rgw = torch.autograd.grad(refs, (x64, w64), [g.double() for g in grads])
+        errs = dict(out=max(_rel(o, r) for o, r in zip(outs, refs)), grad_x=_rel(gx, rgx), grad_w=_rel(gw, rgw))
+        tol_out, tol_grad = TOL[cfg["dtype"]]
+        ok = errs["out"] <= tol_out and errs["grad_x"] <= tol_grad and errs["grad_w"] <= tol_grad
+        ok = ok and bool((gw[~active] == 0).all())
+        results.append({**{k: str(v) if k == "dtype" else v for k, v in cfg.items()}, **errs, "ok": ok})
+        if not ok:
+            raise AssertionError(f"study kernels off the oracle: {results[-1]}")
+    return results
+
+
+def run(profile: bool) -> list[dict]:
+    rows = []
+    for C, H, K in STAGES[:1] if profile else STAGES:
+        nk = math.ceil(K / K_SMALL)
+        mma_Ps = [P for P in (1, 2, 4, 8, 16) if P * H <= 16 * 8 and mma_plan(H, H, nk, K // 2, P)][-2:]
+        row = {"C_rep": C, "H": H, "K": K, "B": B, "dtype": "bfloat16"}
+        for density in (0.3,) if profile else (1.0, 0.3):
+            x, w, perms, tables, active = _inputs(B, C, H, H, K_SMALL, K, N_REP, density, torch.bfloat16, 0)
+            if density == 1.0:
+                active[:] = True
+                w = torch.randn_like(w)
+            act8 = active.to(torch.uint8)
+            cell = {"density": active.float().mean().item()}
+            studies = {P: Study(torch.bfloat16, B, C, H, H, nk, N_REP, K_SMALL, K, mma_P=P) for P in mma_Ps}
+            study = studies[mma_Ps[-1]]
+            row["plans"] = {"fwd": study.plans[0], "bwd": study.plans[1], "mma_P": mma_Ps}
+            ref = shift_wise_conv(x[:4].float(), w, *perms, K, impl="torch_dense")
+            for P, s in studies.items():
+                outs = s.forward(x, w, tables, act8, s.mma)
+                err = max(_rel(o[:4], r.double()) for o, r in zip(outs, ref))
+                if not err <= TOL[torch.bfloat16][0]:
+                    raise AssertionError(f"study_sp_mma_fwd stage {C}@{H} P={P}: relative L2 error {err:.2e}")
+                cell[f"mma_fwd_P{P}"] = {"rel_l2_err": err}
+            grads = [torch.randn_like(x) for _ in range(3)]
+            if profile:
+                for _ in range(3):
+                    study.forward(x, w, tables, act8)
+                    study.backward(x, grads, w, tables, act8)
+                    study.forward(x, w, tables, act8, study.mma)
+                continue
+            for P, s in studies.items():
+                cell[f"mma_fwd_P{P}"]["fwd_ms"] = bench(lambda s=s: s.forward(x, w, tables, act8, s.mma))
+            cell["study"] = {
+                "fwd_ms": bench(lambda: study.forward(x, w, tables, act8)),
+                "fwdbwd_ms": bench(
+                    lambda: (study.forward(x, w, tables, act8), study.backward(x, grads, w, tables, act8))
+                ),
+            }
+            xg, wg = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+
+            def default_op(xx=xg, ww=wg, a=active):
+                return swc.shift_wise_conv_cuda(xx, ww, *perms, K, a)  # as bench/op_bench.py times it
+
+            def default_fwdbwd():
+                return torch.autograd.grad(default_op(), (xg, wg), grads)
+
+            with torch.no_grad():
+                t_fwd = bench(default_op)
+            cell["default"] = {"fwd_ms": t_fwd, "fwdbwd_ms": bench(default_fwdbwd)}
+            row[f"d{density}"] = cell
+        rows.append(row)
+    torch.cuda.synchronize()
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.environ.get("OUT"))
+    ap.add_argument("--profile", action="store_true", help="stage 1, density 0.3, study kernels only (for ncu)")
+    args = ap.parse_args()
+    t0 = time.time()
+    if args.profile:
+        run(True)
+        return
+    checks = check()
+    rows = run(False)
+    write_results(
+        "sparse_tile_study",
+        "PYTHONPATH=src python bench/sparse_tile_study.py",
+        "bf16; triton.testing.do_bench median, warmup 25 ms, rep 100 ms; study forward+backward = "
+        "swc_sp_fwd + swc_sp_bwd + the partials' sum",
+        {"checks": checks, "rows": rows, "wall_s": time.time() - t0},
+        args.out,
+    )
+    print(f"oracle checks: {sum(c['ok'] for c in checks)}/{len(checks)} passed")
+    print("bf16 ms, density 1.0 / 0.3; last column: study forward+backward at 0.3 over the default op at 1.0")
+    heads = ("default fwd", "default f+b", "study fwd", "study f+b")
+    print(f"{'stage':>7} | " + " | ".join(f"{h:>11}" for h in heads) + " | mma fwd (P) | ratio")
+    for r in rows:
+        d1, d3 = r["d1.0"], r["d0.3"]
+
+        def pair(name, key):
+            return f"{d1[name][key]:5.3f}/{d3[name][key]:5.3f}"
+
+        mma = " ".join(f"{pair(k, 'fwd_ms')}({k.split('P')[-1]})" for k in d1 if k.startswith("mma"))
+        ratio = d3["study"]["fwdbwd_ms"] / d1["default"]["fwdbwd_ms"]
+        cells = " | ".join(
+            pair(n, k)
+            for n, k in (("default", "fwd_ms"), ("default", "fwdbwd_ms"), ("study", "fwd_ms"), ("study", "fwdbwd_ms"))
+        )
+        print(f"{r['C_rep']:>4}@{r['H']:<2} | {cells} | {mma} | {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
