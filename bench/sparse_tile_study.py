@@ -86,23 +86,23 @@ def geometry(H: int, W: int, nk: int, ks: int, m: int, backward: bool) -> tuple[
     return rows(H) + rows(W)
 
 
-def _table_words(nk: int, ks: int) -> int:
-    return nk * _round_up(ks * ks, 4) + 2 * nk * N_REP + 2 * nk
+def _table_words(nk: int, nrep: int, ks: int) -> int:
+    return nk * _round_up(ks * ks, 4) + 2 * nk * nrep + 2 * nk
 
 
-def smem_bytes(backward: bool, P: int, H: int, W: int, nk: int, ks: int, m: int, threads: int) -> int:
+def smem_bytes(backward: bool, P: int, H: int, W: int, nk: int, nrep: int, ks: int, m: int, threads: int) -> int:
     """Dynamic shared memory of swc_sp_fwd / swc_sp_bwd (mirrors the kernels' carve-up)."""
     r = ks // 2
     Hp, Wp = _round_up(H, 4), _round_up(W, 4)
     _, rv, _, rh = geometry(H, W, nk, ks, m, backward)
     xp = Wp + 8
-    words = P * ((Hp + 4 * r) * xp + rv * _round_up(Wp, 8) + rh * _round_up(Hp, 8)) + _table_words(nk, ks)
+    words = P * ((Hp + 4 * r) * xp + rv * _round_up(Wp, 8) + rh * _round_up(Hp, 8)) + _table_words(nk, nrep, ks)
     if backward:
         words += 2 * P * (Hp + 2 * r) * xp + nk * (threads // 32) * ks * ks
     return 4 * words
 
 
-def plan(Bn: int, H: int, W: int, nk: int, ks: int, m: int, backward: bool) -> tuple[int, int, int]:
+def plan(Bn: int, H: int, W: int, nk: int, nrep: int, ks: int, m: int, backward: bool) -> tuple[int, int, int]:
     """(P, threads, smem): a thread owns one 4 x 4 tile of each output; as many images per block
     as fill MAX_THREADS threads, fewer when MIN_BLOCKS blocks would not share an SM."""
     tiles = _round_up(H, 4) * _round_up(W, 4) // 16
@@ -110,9 +110,11 @@ def plan(Bn: int, H: int, W: int, nk: int, ks: int, m: int, backward: bool) -> t
     limit, per_sm = swc._smem_optin(0), swc._smem_per_sm(0)
     while True:
         threads = _round_up(P * tiles, 32)
-        smem = smem_bytes(backward, P, H, W, nk, ks, m, threads)
-        if P == 1 or (smem <= limit and per_sm // (smem + 1024) >= MIN_BLOCKS):
+        smem = smem_bytes(backward, P, H, W, nk, nrep, ks, m, threads)
+        if smem <= limit and (P == 1 or per_sm // (smem + 1024) >= MIN_BLOCKS):
             return P, threads, smem
+        if P == 1:
+            raise RuntimeError(f"study kernels: a {H}x{W} plane needs {smem} bytes of shared memory, over {limit}")
         P -= 1
 
 
@@ -123,7 +125,7 @@ def _bf16_pitch(n: int) -> int:
     return 8 * (p if p % 2 else p + 1)
 
 
-def mma_plan(H: int, W: int, nk: int, m: int, P: int) -> tuple[int, int, tuple] | None:
+def mma_plan(H: int, W: int, nk: int, nrep: int, m: int, P: int) -> tuple[int, int, tuple] | None:
     """(threads, smem, extra ints) of study_sp_mma_fwd with P images per block, or None."""
     r = K_SMALL // 2
     Hp, Wp = _round_up(H, 4), _round_up(W, 4)
@@ -131,7 +133,7 @@ def mma_plan(H: int, W: int, nk: int, m: int, P: int) -> tuple[int, int, tuple] 
     pvb, phb = _bf16_pitch(Wp), _bf16_pitch(Hp)
     warps = math.ceil(P * H / 16) + math.ceil(P * W / 16)
     threads = max(32 * warps, _round_up(P * (Hp // 4) * (Wp // 4), 32))
-    smem = 4 * P * (Hp + 4 * r) * (Wp + 8) + 2 * P * (rv * pvb + rh * phb) + 4 * _table_words(nk, K_SMALL)
+    smem = 4 * P * (Hp + 4 * r) * (Wp + 8) + 2 * P * (rv * pvb + rh * phb) + 4 * _table_words(nk, nrep, K_SMALL)
     if threads > MMA_MAX_THREADS or smem > swc._smem_optin(0):
         return None
     return threads, smem, (lov, rv, loh, rh, pvb, phb)
@@ -140,20 +142,22 @@ def mma_plan(H: int, W: int, nk: int, m: int, P: int) -> tuple[int, int, tuple] 
 class Study:
     """Launch records of the study kernels for one shape; ``forward`` / ``backward`` as the op's."""
 
-    def __init__(self, dtype, Bn, C, H, W, nk, nrep, ks, big_kernel, mma_P=None):
-        m = big_kernel // 2
-        fns = _functions(dtype, ks)
+    def __init__(self, dtype, Bn, C, H, W, nk, nrep, ks, big_kernel):
+        self.shape, m = (Bn, C, H, W, nk, nrep), big_kernel // 2
+        self.fns = _functions(dtype, ks)
         self.launches, self.plans = [], []
-        for n_ptr, fn, bwd in ((9, fns[0], False), (11, fns[1], True)):
-            P, threads, smem = plan(Bn, H, W, nk, ks, m, bwd)
+        for n_ptr, fn, bwd in ((9, self.fns[0], False), (11, self.fns[1], True)):
+            P, threads, smem = plan(Bn, H, W, nk, nrep, ks, m, bwd)
             ints = (Bn, C, H, W, nk, nrep, P, *geometry(H, W, nk, ks, m, bwd))
             self.launches.append(swc._Launch(swc._Kernel(fn), (C, (Bn + P - 1) // P), threads, smem, n_ptr, ints))
             self.plans.append(dict(P=P, threads=threads, smem=smem, regs=fn.attributes["num_regs"]))
-        self.mma = None
-        if mma_P is not None:
-            threads, smem, extra = mma_plan(H, W, nk, m, mma_P)
-            ints = (Bn, C, H, W, nk, nrep, mma_P, *extra)
-            self.mma = swc._Launch(swc._Kernel(fns[2]), (C, (Bn + mma_P - 1) // mma_P), threads, smem, 9, ints)
+
+    def mma_launch(self, P: int, big_kernel: int):
+        """study_sp_mma_fwd (bf16) with P images per block, a forward ``launch`` for ``forward``."""
+        Bn, C, H, W, nk, nrep = self.shape
+        threads, smem, extra = mma_plan(H, W, nk, nrep, big_kernel // 2, P)
+        ints = (Bn, C, H, W, nk, nrep, P, *extra)
+        return swc._Launch(swc._Kernel(self.fns[2]), (C, (Bn + P - 1) // P), threads, smem, 9, ints)
 
     def forward(self, x, w, tables, active, launch=None):
         outs = [torch.full_like(x, float("nan")) for _ in range(3)]
@@ -227,8 +231,11 @@ def run(profile: bool) -> list[dict]:
     rows = []
     for C, H, K in STAGES[:1] if profile else STAGES:
         nk = math.ceil(K / K_SMALL)
-        mma_Ps = [P for P in (1, 2, 4, 8, 16) if P * H <= 16 * 8 and mma_plan(H, H, nk, K // 2, P)][-2:]
+        mma_Ps = [P for P in (1, 2, 4, 8, 16) if P * H <= 16 * 8 and mma_plan(H, H, nk, N_REP, K // 2, P)][-2:]
+        study = Study(torch.bfloat16, B, C, H, H, nk, N_REP, K_SMALL, K)
+        mma = {P: study.mma_launch(P, K) for P in mma_Ps}
         row = {"C_rep": C, "H": H, "K": K, "B": B, "dtype": "bfloat16"}
+        row["plans"] = {"fwd": study.plans[0], "bwd": study.plans[1], "mma_P": mma_Ps}
         for density in (0.3,) if profile else (1.0, 0.3):
             x, w, perms, tables, active = _inputs(B, C, H, H, K_SMALL, K, N_REP, density, torch.bfloat16, 0)
             if density == 1.0:
@@ -236,12 +243,9 @@ def run(profile: bool) -> list[dict]:
                 w = torch.randn_like(w)
             act8 = active.to(torch.uint8)
             cell = {"density": active.float().mean().item()}
-            studies = {P: Study(torch.bfloat16, B, C, H, H, nk, N_REP, K_SMALL, K, mma_P=P) for P in mma_Ps}
-            study = studies[mma_Ps[-1]]
-            row["plans"] = {"fwd": study.plans[0], "bwd": study.plans[1], "mma_P": mma_Ps}
             ref = shift_wise_conv(x[:4].float(), w, *perms, K, impl="torch_dense")
-            for P, s in studies.items():
-                outs = s.forward(x, w, tables, act8, s.mma)
+            for P, launch in mma.items():
+                outs = study.forward(x, w, tables, act8, launch)
                 err = max(_rel(o[:4], r.double()) for o, r in zip(outs, ref))
                 if not err <= TOL[torch.bfloat16][0]:
                     raise AssertionError(f"study_sp_mma_fwd stage {C}@{H} P={P}: relative L2 error {err:.2e}")
@@ -251,10 +255,10 @@ def run(profile: bool) -> list[dict]:
                 for _ in range(3):
                     study.forward(x, w, tables, act8)
                     study.backward(x, grads, w, tables, act8)
-                    study.forward(x, w, tables, act8, study.mma)
+                    study.forward(x, w, tables, act8, mma[mma_Ps[-1]])
                 continue
-            for P, s in studies.items():
-                cell[f"mma_fwd_P{P}"]["fwd_ms"] = bench(lambda s=s: s.forward(x, w, tables, act8, s.mma))
+            for P, launch in mma.items():
+                cell[f"mma_fwd_P{P}"]["fwd_ms"] = bench(lambda launch=launch: study.forward(x, w, tables, act8, launch))
             cell["study"] = {
                 "fwd_ms": bench(lambda: study.forward(x, w, tables, act8)),
                 "fwdbwd_ms": bench(
