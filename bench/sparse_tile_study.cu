@@ -807,4 +807,282 @@ study_sp_mma_fwd(const io_t* __restrict__ x, const float* __restrict__ w, const 
         store_lines(out_h, acc, m0, nlines, W, H, ntile, b0, np, C, c, H, W, true);
     }
 }
+// ------------------------------------------------------------------------------------------------
+// study_tcs_fwd (bf16): every pass on the tensor cores. study_sp_mma_fwd's gathers, with the
+// responses computed by mma as well: for one orientation, a 16-line x 8-column tile of Z_j is
+//     Z[line, col] = sum_a sum_q X[line + a - RS, q] T_a[q, col],  T_a[q, col] = w_a(q - col + RS)
+// over a 16-column window of the staged bf16 input that starts 4 columns left of the tile (one
+// m16n8k16 per line tap a; A by ldmatrix, T_a from a per-block fragment table). The vertical
+// orientation (lines = image rows, w_a = row a of the kernel) fills the V plane; the horizontal
+// one runs on the transposed input (lines = image columns, w_a = column a) and fills the H plane,
+// so neither needs a transposed store. Z planes are double-buffered: one barrier per kernel.
+__device__ __forceinline__ void ldsm_x4(u32 addr, u32& r0, u32& r1, u32& r2, u32& r3) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(addr));
+}
+
+__device__ __forceinline__ void mma_full(float (&d)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// Element pitch of a staged bf16 input plane of n columns: 8 * odd (conflict-free ldmatrix rows).
+__device__ __forceinline__ int bf16_pitch(int n) {
+    const int p = (n + 7) >> 3;
+    return 8 * (p | 1);
+}
+
+// Stages np planes of channel c as bf16, row-major into d0 (element (y, x) of image p at p * pl0 +
+// (y + 2RS) * pb0 + x + 4) and transposed into d1 (p * pl1 + (x + 2RS) * pb1 + y + 4). Each thread
+// issues 8 independent loads before storing: the loads' latency is paid once per round, not per
+// element (a row-per-warp loop cost ~20k cycles per block at stage 1, all of it waiting).
+__device__ __forceinline__ void stage_both(const u16* __restrict__ src, u16* d0, u16* d1, int b0, int np, int C, int c,
+                                           int H, int W, int pl0, int pb0, int pl1, int pb1) {
+    const int tid = threadIdx.x, NT = blockDim.x, HW = H * W;
+    const float invW = 1.f / (float)W;  // exact: (e + 0.5) / W stays >= 1 / 128 off an integer for e < 4096
+    for (int p = 0; p < np; ++p) {
+        const u16* s = src + ((long long)(b0 + p) * C + c) * HW;
+        for (int e0 = tid; e0 < HW; e0 += 8 * NT) {
+            u16 v[8];
+#pragma unroll
+            for (int k = 0; k < 8; ++k) v[k] = e0 + k * NT < HW ? s[e0 + k * NT] : (u16)0;
+#pragma unroll
+            for (int k = 0; k < 8; ++k) {
+                const int e = e0 + k * NT;
+                if (e >= HW) break;
+                const int y = __float2int_rz(((float)e + 0.5f) * invW), xx = e - y * W;
+                d0[p * pl0 + (y + 2 * RS) * pb0 + xx + 4] = v[k];
+                d1[p * pl1 + (xx + 2 * RS) * pb1 + y + 4] = v[k];
+            }
+        }
+    }
+}
+
+#ifndef TCS_NTV
+#define TCS_NTV 1  // column tiles of the vertical orientation, ceil(W / 8): set per plane size
+#endif
+#ifndef TCS_NTH
+#define TCS_NTH 1  // ... of the horizontal orientation, ceil(H / 8)
+#endif
+
+// a / b for 0 <= a < 4096 and 1 <= b <= 128 through a float reciprocal: (a + 0.5) / b stays at
+// least 1 / 256 away from an integer, far above the product's rounding error.
+__device__ __forceinline__ int small_div(int a, float inv_b) { return __float2int_rz(((float)a + 0.5f) * inv_b); }
+
+// Shifted identity gathers over NTT column tiles (no run-time tile count: no branches around the
+// mma, whose operands then stay in place).
+template <int NTT>
+__device__ __forceinline__ void gather_tiles(float (&acc)[MAXNT][4], u32 base, u32 a, u32 zero) {
+#pragma unroll
+    for (int q = 0; q < NTT / 2; ++q) {
+        u32 b0, b1, b2, b3;
+        ldsm_x4_t(base + 32 * q, b0, b1, b2, b3);
+        mma_full(acc[2 * q], a, zero, zero, a, b0, b1);
+        mma_full(acc[2 * q + 1], a, zero, zero, a, b2, b3);
+    }
+    if (NTT & 1) {
+        u32 b0, b1;
+        ldsm_x2_t(base + 32 * (NTT / 2), b0, b1);
+        mma_full(acc[NTT - 1], a, zero, zero, a, b0, b1);
+    }
+}
+
+// Response stripe: lines [m0, m0 + 16) of one orientation (line = image p, position l in [-RS, n_in
+// + RS)), NTT column tiles, for the kernel whose fragment table is tb (KS x 32 uint2), stored as
+// bf16 into the Z plane zp (row (l + lo) of image p, pitch zpb, plane zpl elements).
+struct Stripe {
+    u32 abase;  // ldmatrix address of the lane's input row (line tap 0) and column half
+    u32 tap;  // bytes between the input rows of consecutive line taps
+    int z0, z1;  // element offsets of the lane's two output rows in the Z planes, -1: no line
+};
+
+__device__ __forceinline__ Stripe make_stripe(u32 xs, int xpl, int xpb, int n_in, int np, int m0, int zpl, int zpb,
+                                              int lo) {
+    const int lane = threadIdx.x & 31, gq = lane >> 2, tq = lane & 3;
+    const int NL = n_in + 2 * RS, nlines = np * NL;
+    const float inv = 1.f / (float)NL;
+    const int la = min(m0 + (lane & 15), nlines - 1), pa = small_div(la, inv), ya = la - pa * NL;  // ya = l + RS
+    Stripe st;
+    st.abase = xs + 2 * (pa * xpl + ya * xpb) + 16 * (lane >> 4);
+    st.tap = 2 * xpb;
+    const int l0 = m0 + gq, l1 = l0 + 8, p0 = small_div(l0, inv), p1 = small_div(l1, inv);
+    st.z0 = l0 < nlines ? p0 * zpl + (l0 - p0 * NL - RS + lo) * zpb + 2 * tq : -1;
+    st.z1 = l1 < nlines ? p1 * zpl + (l1 - p1 * NL - RS + lo) * zpb + 2 * tq : -1;
+    return st;
+}
+
+template <int NTT>
+__device__ __forceinline__ void response_stripe(const Stripe& st, const uint2* tb, u16* zp) {
+    const int lane = threadIdx.x & 31;
+    uint2 b[KS];
+#pragma unroll
+    for (int a = 0; a < KS; ++a) b[a] = tb[a * 32 + lane];
+#pragma unroll
+    for (int nn = 0; nn < NTT; ++nn) {
+        float acc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+        for (int a = 0; a < KS; ++a) {
+            u32 a0, a1, a2, a3;
+            ldsm_x4(st.abase + a * st.tap + 16 * nn, a0, a1, a2, a3);
+            mma_full(acc, a0, a1, a2, a3, b[a].x, b[a].y);
+        }
+        if (st.z0 >= 0) *(u32*)(zp + st.z0 + 8 * nn) = bf16x2(acc[0], acc[1]);
+        if (st.z1 >= 0) *(u32*)(zp + st.z1 + 8 * nn) = bf16x2(acc[2], acc[3]);
+    }
+}
+
+// Stores a stripe of accumulators (lines m0 + g, m0 + g + 8; columns 8 n + 2t, + 1) as bf16: line
+// (image p, position l of n_in); row-major lines are image rows (pairs of columns in one 4-byte
+// store where aligned), transposed ones image columns.
+template <int NTT>
+__device__ __forceinline__ void store_stripe(u16* out, const float (&acc)[MAXNT][4], int m0, int n_in, int ncol, int b0,
+                                             int np, int C, int c, int H, int W, bool transposed) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const float inv = 1.f / (float)n_in;
+    const bool pairs = !transposed && (W % 2 == 0);
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        const int line = m0 + g + 8 * half, p = small_div(line, inv), l = line - p * n_in;
+        if (p >= np) continue;
+        u16* plane = out + ((long long)(b0 + p) * C + c) * H * W;
+#pragma unroll
+        for (int nn = 0; nn < NTT; ++nn) {
+            const int col = 8 * nn + 2 * t;
+            const float v0 = acc[nn][2 * half], v1 = acc[nn][2 * half + 1];
+            if (pairs && col + 1 < ncol) {
+                *(u32*)(plane + l * W + col) = bf16x2(v0, v1);
+            } else {
+                const u32 pr = bf16x2(v0, v1);
+                if (col < ncol) plane[transposed ? col * W + l : l * W + col] = (u16)(pr & 0xffffu);
+                if (col + 1 < ncol) plane[transposed ? (col + 1) * W + l : l * W + col + 1] = (u16)(pr >> 16);
+            }
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(512, 1)
+study_tcs_fwd(const u16* __restrict__ x, const float* __restrict__ w, const int* __restrict__ offh,
+              const int* __restrict__ offv, const int* __restrict__ idc, const unsigned char* __restrict__ active,
+              u16* __restrict__ out_h, u16* __restrict__ out_v, u16* __restrict__ out_i, int B, int C, int H, int W,
+              int nk, int nrep, int P, int LOV, int RV, int LOH, int RH, int PVB, int PHB) {
+    extern __shared__ __align__(16) float smem[];
+    __shared__ int s_n;
+    const int c = blockIdx.x, b0 = blockIdx.y * P, np = min(P, B - b0);
+    const int tid = threadIdx.x, NT = blockDim.x, lane = tid & 31, warp = tid >> 5, NW = NT >> 5;
+    const Geo g = geometry(H, W, RV, RH);
+    constexpr int ntV = TCS_NTV, ntH = TCS_NTH;  // column tiles: V lines are W wide, H lines H
+    const int XB0 = bf16_pitch(8 * ntV + 8), XB1 = bf16_pitch(8 * ntH + 8);
+    const int XL0 = (H + 4 * RS) * XB0, XL1 = (W + 4 * RS) * XB1;
+    const int VPLB = RV * PVB, HPLB = RH * PHB, ZBUF = P * (VPLB + HPLB);
+
+    u16* s_x0 = (u16*)smem;
+    u16* s_x1 = s_x0 + P * XL0;
+    u16* s_z = s_x1 + P * XL1;  // buffer k: V planes at s_z + k * ZBUF, H planes after them
+    float* s_w = (float*)(s_z + 2 * ZBUF);
+    int* s_tv = (int*)(s_w + nk * WS);
+    int* s_th = s_tv + nk * nrep;
+    int* s_id = s_th + nk * nrep;
+    int* s_list = s_id + nk;
+    uint2* s_tb = (uint2*)(s_list + nk);  // [kernel][orientation][tap][lane]; the table words are even
+
+    compact_active(c, nk, active, s_list, &s_n);
+    zero_words((float*)s_x0, (P * (XL0 + XL1) + 2 * ZBUF) / 8);
+    __syncthreads();
+    const int n = s_n;
+    stage_tables(false, c, nk, nrep, n, w, offh, offv, idc, H, W, g, PVB, PHB, s_w, s_tv, s_th, s_id, s_list);
+    stage_both(x, s_x0, s_x1, b0, np, C, c, H, W, XL0, XB0, XL1, XB1);
+    __syncthreads();
+    // Toeplitz fragments: b.x = (T[2t][g], T[2t + 1][g]), b.y = (T[2t + 8][g], T[2t + 9][g]),
+    // T[q][col] = w_a(q - 4 - col + RS) (the window starts 4 columns left of the tile)
+    for (int t = tid; t < n * 2 * KS * 32; t += NT) {
+        const int ln = t & 31, rest = t >> 5, a = rest % KS, o = (rest / KS) & 1, i = rest / (2 * KS);
+        const int gq = ln >> 2, tq = ln & 3;
+        float v[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int q = 2 * tq + (e & 1) + 8 * (e >> 1), ct = q - 4 - gq + RS;
+            v[e] = (ct >= 0 && ct < KS) ? s_w[i * WS + (o == 0 ? a * KS + ct : ct * KS + a)] : 0.f;
+        }
+        s_tb[t] = make_uint2(bf16x2(v[0], v[1]), bf16x2(v[2], v[3]));
+    }
+
+    // gather stripes, one per warp: V (lines = image rows), then H (lines = image columns)
+    const int nV = (P * H + 15) / 16, nH = (P * W + 15) / 16;
+    const bool isV = warp < nV, isH = !isV && warp < nV + nH;
+    const int m0 = 16 * (isV ? warp : warp - nV);
+    const int nlines = isV ? P * H : P * W, n_in = isV ? H : W;
+    u32 base = 0;
+    if (isV || isH) {
+        const int line = min(m0 + (lane & 15), nlines - 1);
+        const int pl = line / n_in, l = line - pl * n_in;
+        const u16* row = isV ? s_z + pl * VPLB + (l + LOV) * PVB : s_z + P * VPLB + pl * HPLB + (l + LOH) * PHB;
+        base = smem_addr(row) + 16 * (lane >> 4);
+    }
+    // response stripes: V orientation first, then H; round-robin over the warps (at most 2 per warp
+    // kept in registers, the host checks)
+    const int nRV = (P * (H + 2 * RS) + 15) / 16, nRH = (P * (W + 2 * RS) + 15) / 16;
+    const u32 xs0 = smem_addr(s_x0), xs1 = smem_addr(s_x1);
+    Stripe rs[2];
+    bool rsV[2], rsOn[2];
+#pragma unroll
+    for (int k = 0; k < 2; ++k) {
+        const int sidx = warp + k * NW;
+        rsOn[k] = sidx < nRV + nRH;
+        rsV[k] = sidx < nRV;
+        rs[k] = rsV[k] ? make_stripe(xs0, XL0, XB0, H, np, 16 * sidx, VPLB, PVB, LOV)
+                       : make_stripe(xs1, XL1, XB1, W, np, 16 * (sidx - nRV), HPLB, PHB, LOH);
+    }
+    const int gq = lane >> 2, tq = lane & 3;
+    const u32 one = (gq == 2 * tq ? 0x3F80u : 0u) | (gq == 2 * tq + 1 ? 0x3F800000u : 0u);
+    const u32 zero = (u32)min(n, 0);  // 0, from a run-time value so that it stays in a register
+    float acc[MAXNT][4], acci[MAXNT][4];
+#pragma unroll
+    for (int a = 0; a < MAXNT; ++a)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) { acc[a][e] = 0.f; acci[a][e] = 0.f; }
+    __syncthreads();
+
+    for (int i = 0; i < n; ++i) {
+        const int buf = i & 1;
+        u16* zb = s_z + buf * ZBUF;
+#pragma unroll
+        for (int k = 0; k < 2; ++k) {
+            if (!rsOn[k]) continue;
+            if (rsV[k])
+                response_stripe<ntV>(rs[k], s_tb + (i * 2 + 0) * KS * 32, zb);
+            else
+                response_stripe<ntH>(rs[k], s_tb + (i * 2 + 1) * KS * 32, zb + P * VPLB);
+        }
+        __syncthreads();
+        const u32 bb = base + 2 * buf * ZBUF;
+        if (isV) {
+            for (int gg = 0; gg < nrep; ++gg) {
+                const int o = s_tv[i * nrep + gg];
+                if (o != SKIP) gather_tiles<ntV>(acc, bb + 2 * o, one, zero);
+            }
+            const int ic = s_id[i];
+            if (ic) {
+                const u32 f = bf16x2((float)ic, (float)ic);
+                const u32 diag = (gq == 2 * tq ? (f & 0xffffu) : 0u) | (gq == 2 * tq + 1 ? (f & 0xffff0000u) : 0u);
+                gather_tiles<ntV>(acci, bb, diag, zero);
+            }
+        } else if (isH) {
+            for (int gg = 0; gg < nrep; ++gg) {
+                const int o = s_th[i * nrep + gg];
+                if (o != SKIP) gather_tiles<ntH>(acc, bb + 2 * o, one, zero);
+            }
+        }
+    }
+
+    if (isV) {
+        store_stripe<ntV>(out_v, acc, m0, H, W, b0, np, C, c, H, W, false);
+        store_stripe<ntV>(out_i, acci, m0, H, W, b0, np, C, c, H, W, false);
+    } else if (isH) {
+        store_stripe<ntH>(out_h, acc, m0, W, H, b0, np, C, c, H, W, true);
+    }
+}
 #endif  // DT == 2

@@ -1,19 +1,23 @@
 """Study for the density figure of the CUDA op: forward and backward whose work is proportional
 to the active small kernels, against the dense default op (GPU).
 
-    PYTHONPATH=src python bench/sparse_tile_study.py [--out DIR] [--profile]
+    PYTHONPATH=src python bench/sparse_tile_study.py [--out DIR] [--profile | --sweep]
 
 The kernels of bench/sparse_tile_study.cu: ``swc_sp_fwd`` / ``swc_sp_bwd`` (CUDA cores: 4 x 4
 output tiles per thread, responses stored row-major and transposed so every gather is an aligned
-16-byte load) and ``study_sp_mma_fwd`` (the same forward with its gathers on the tensor cores).
+16-byte load), ``study_sp_mma_fwd`` (the same forward with its gathers on the tensor cores) and
+``study_tcs_fwd`` (responses and gathers on the tensor cores; compiled per column-tile count).
 
 1. Checks both passes against the float64 PyTorch oracle on random shapes (k 1 / 3 / 5, planes
-   1-64, N_rep 1-4, densities 0 / 0.3 / 1, bf16 and fp32; the GPU tests' tolerances).
+   1-64, N_rep 1-4, densities 0 / 0.3 / 1, bf16 and fp32; the GPU tests' tolerances), and
+   ``study_tcs_fwd`` on the bf16 shapes.
 2. Times, in bf16 at the four SW-T stage shapes (B = 128, N_rep = 4) and densities 1.0 / 0.3:
    the default op (tensor cores at stages 1-3, v2 at stage 4), the study forward and
-   forward+backward, and the tensor-core-gather forward at two images-per-block counts.
+   forward+backward, and the two tensor-core forwards at several images-per-block counts.
 Writes sparse_tile_study_<GPU>.json to bench/results/ (and to --out) and prints a table last.
 --profile: stage 1, density 0.3, the study kernels only, a few launches (for ncu).
+--sweep: study_tcs_fwd over densities 0 / 0.1 / 0.3 / 0.6 / 1.0 at each stage (fixed and
+per-kernel cost); writes sparse_tile_study_sweep_<GPU>.json.
 """
 
 from __future__ import annotations
@@ -50,14 +54,28 @@ def _functions(dtype: torch.dtype, ks: int) -> tuple:
             f"-DMAXT={MAX_THREADS}",
             f"-DMINB={MIN_BLOCKS}",
             "-std=c++17",
+            *(("-lineinfo",) if os.environ.get("STUDY_LINEINFO") else ()),  # source lines for ncu
         )
         mod = cupy.RawModule(code=SOURCE, options=opts, backend="nvrtc")
         names = ("swc_sp_fwd", "swc_sp_bwd") + (("study_sp_mma_fwd",) if dtype == torch.bfloat16 else ())
-        fns = tuple(mod.get_function(n) for n in names)
-        for fn in fns:
-            fn.max_dynamic_shared_size_bytes = swc._smem_optin(0)
-            fn.preferred_shared_memory_carveout = 100
-        _modules[key] = fns
+        _modules[key] = tuple(_prepared(mod.get_function(n)) for n in names)
+    return _modules[key]
+
+
+def _prepared(fn):
+    fn.max_dynamic_shared_size_bytes = swc._smem_optin(0)
+    fn.preferred_shared_memory_carveout = 100
+    return fn
+
+
+def _tcs_function(ks: int, ntv: int, nth: int):
+    """study_tcs_fwd compiled for column-tile counts ntv = ceil(W / 8), nth = ceil(H / 8)."""
+    key = ("tcs", ks, ntv, nth)
+    if key not in _modules:
+        opts = ("-DDT=2", f"-DKS={ks}", f"-DTCS_NTV={ntv}", f"-DTCS_NTH={nth}", "-std=c++17")
+        opts += ("-lineinfo",) if os.environ.get("STUDY_LINEINFO") else ()
+        mod = cupy.RawModule(code=SOURCE, options=opts, backend="nvrtc")
+        _modules[key] = _prepared(mod.get_function("study_tcs_fwd"))
     return _modules[key]
 
 
@@ -139,11 +157,30 @@ def mma_plan(H: int, W: int, nk: int, nrep: int, m: int, P: int) -> tuple[int, i
     return threads, smem, (lov, rv, loh, rh, pvb, phb)
 
 
+def tcs_plan(H: int, W: int, nk: int, nrep: int, ks: int, m: int, P: int) -> tuple[int, int, tuple] | None:
+    """(threads, smem, extra ints) of study_tcs_fwd with P images per block, or None. Mirrors the
+    kernel's carve-up: bf16 input planes (row-major and transposed), two buffers of bf16 V and H
+    planes, the tables, and the Toeplitz fragment table (nk x 2 orientations x ks taps x 32 lanes)."""
+    r = ks // 2
+    lov, rv, loh, rh = geometry(H, W, nk, ks, m, False)
+    pvb, phb = _bf16_pitch(_round_up(W, 4)), _bf16_pitch(_round_up(H, 4))
+    xl0 = (H + 4 * r) * _bf16_pitch(_round_up(W, 8) + 8)
+    xl1 = (W + 4 * r) * _bf16_pitch(_round_up(H, 8) + 8)
+    threads = 32 * (math.ceil(P * H / 16) + math.ceil(P * W / 16))
+    response_stripes = math.ceil(P * (H + 2 * r) / 16) + math.ceil(P * (W + 2 * r) / 16)
+    if response_stripes > 2 * threads // 32:  # the kernel keeps two response stripes per warp
+        return None
+    smem = 2 * P * (xl0 + xl1 + 2 * (rv * pvb + rh * phb)) + 4 * _table_words(nk, nrep, ks) + 8 * nk * 2 * ks * 32
+    if threads > MMA_MAX_THREADS or smem > swc._smem_optin(0) or max(H, W) > 64:
+        return None
+    return threads, smem, (lov, rv, loh, rh, pvb, phb)
+
+
 class Study:
     """Launch records of the study kernels for one shape; ``forward`` / ``backward`` as the op's."""
 
     def __init__(self, dtype, Bn, C, H, W, nk, nrep, ks, big_kernel):
-        self.shape, m = (Bn, C, H, W, nk, nrep), big_kernel // 2
+        self.shape, self.ks, m = (Bn, C, H, W, nk, nrep), ks, big_kernel // 2
         self.fns = _functions(dtype, ks)
         self.launches, self.plans = [], []
         for n_ptr, fn, bwd in ((9, self.fns[0], False), (11, self.fns[1], True)):
@@ -159,13 +196,29 @@ class Study:
         ints = (Bn, C, H, W, nk, nrep, P, *extra)
         return swc._Launch(swc._Kernel(self.fns[2]), (C, (Bn + P - 1) // P), threads, smem, 9, ints)
 
+    def tcs_launch(self, P: int, big_kernel: int):
+        """study_tcs_fwd (bf16) with P images per block, or None when it does not fit."""
+        Bn, C, H, W, nk, nrep = self.shape
+        planned = tcs_plan(H, W, nk, nrep, self.ks, big_kernel // 2, P)
+        if planned is None:
+            return None
+        threads, smem, extra = planned
+        ints = (Bn, C, H, W, nk, nrep, P, *extra)
+        fn = _tcs_function(self.ks, math.ceil(W / 8), math.ceil(H / 8))
+        return swc._Launch(swc._Kernel(fn), (C, (Bn + P - 1) // P), threads, smem, 9, ints)
+
+    poison = True  # outputs start as NaN (an unwritten element fails the checks); off when timing
+
+    def _empty(self, x):
+        return torch.full_like(x, float("nan")) if self.poison else torch.empty_like(x)
+
     def forward(self, x, w, tables, active, launch=None):
-        outs = [torch.full_like(x, float("nan")) for _ in range(3)]
+        outs = [self._empty(x) for _ in range(3)]
         (launch or self.launches[0])(0, (x, w, *tables, active, *outs))
         return outs
 
     def backward(self, x, grads, w, tables, active):
-        gx = torch.full_like(x, float("nan"))
+        gx = self._empty(x)
         bwd = self.launches[1]
         part = torch.empty((bwd.grid[1], x.shape[1], tables[0].shape[1], w.shape[-1] ** 2), device=x.device)
         bwd(0, (x, *grads, w, *tables, active, gx, part))
@@ -220,6 +273,13 @@ def check(n_configs: int = 32) -> list[dict]:
         errs = dict(out=max(_rel(o, r) for o, r in zip(outs, refs)), grad_x=_rel(gx, rgx), grad_w=_rel(gw, rgw))
         tol_out, tol_grad = TOL[cfg["dtype"]]
         ok = errs["out"] <= tol_out and errs["grad_x"] <= tol_grad and errs["grad_w"] <= tol_grad
+        if cfg["dtype"] == torch.bfloat16:  # the all-tensor-core forward, one and all images per block
+            for P in sorted({1, cfg["Bn"]}):
+                launch = study.tcs_launch(P, cfg["K"])
+                if launch is not None:
+                    tcs = study.forward(x, w, tables, act8, launch)
+                    errs[f"tcs_out_P{P}"] = max(_rel(o, r) for o, r in zip(tcs, refs))
+                    ok = ok and errs[f"tcs_out_P{P}"] <= tol_out
         ok = ok and bool((gw[~active] == 0).all())
         results.append({**{k: str(v) if k == "dtype" else v for k, v in cfg.items()}, **errs, "ok": ok})
         if not ok:
@@ -233,9 +293,13 @@ def run(profile: bool) -> list[dict]:
         nk = math.ceil(K / K_SMALL)
         mma_Ps = [P for P in (1, 2, 4, 8, 16) if P * H <= 16 * 8 and mma_plan(H, H, nk, N_REP, K // 2, P)][-2:]
         study = Study(torch.bfloat16, B, C, H, H, nk, N_REP, K_SMALL, K)
-        mma = {P: study.mma_launch(P, K) for P in mma_Ps}
+        variants = {f"mma_fwd_P{P}": study.mma_launch(P, K) for P in mma_Ps}
+        for P in (1, 2, 4, 8, 16):
+            launch = study.tcs_launch(P, K) if P * H <= 128 else None
+            if launch is not None:
+                variants[f"tcs_fwd_P{P}"] = launch
         row = {"C_rep": C, "H": H, "K": K, "B": B, "dtype": "bfloat16"}
-        row["plans"] = {"fwd": study.plans[0], "bwd": study.plans[1], "mma_P": mma_Ps}
+        row["plans"] = {"fwd": study.plans[0], "bwd": study.plans[1], "variants": list(variants)}
         for density in (0.3,) if profile else (1.0, 0.3):
             x, w, perms, tables, active = _inputs(B, C, H, H, K_SMALL, K, N_REP, density, torch.bfloat16, 0)
             if density == 1.0:
@@ -244,27 +308,30 @@ def run(profile: bool) -> list[dict]:
             act8 = active.to(torch.uint8)
             cell = {"density": active.float().mean().item()}
             ref = shift_wise_conv(x[:4].float(), w, *perms, K, impl="torch_dense")
-            for P, launch in mma.items():
+            for name, launch in variants.items():
                 outs = study.forward(x, w, tables, act8, launch)
                 err = max(_rel(o[:4], r.double()) for o, r in zip(outs, ref))
                 if not err <= TOL[torch.bfloat16][0]:
-                    raise AssertionError(f"study_sp_mma_fwd stage {C}@{H} P={P}: relative L2 error {err:.2e}")
-                cell[f"mma_fwd_P{P}"] = {"rel_l2_err": err}
+                    raise AssertionError(f"{name} stage {C}@{H}: relative L2 error {err:.2e}")
+                cell[name] = {"rel_l2_err": err}
             grads = [torch.randn_like(x) for _ in range(3)]
             if profile:
                 for _ in range(3):
                     study.forward(x, w, tables, act8)
                     study.backward(x, grads, w, tables, act8)
-                    study.forward(x, w, tables, act8, mma[mma_Ps[-1]])
+                    for launch in variants.values():
+                        study.forward(x, w, tables, act8, launch)
                 continue
-            for P, launch in mma.items():
-                cell[f"mma_fwd_P{P}"]["fwd_ms"] = bench(lambda launch=launch: study.forward(x, w, tables, act8, launch))
+            study.poison = False  # timings: outputs allocated as the op allocates them
+            for name, launch in variants.items():
+                cell[name]["fwd_ms"] = bench(lambda launch=launch: study.forward(x, w, tables, act8, launch))
             cell["study"] = {
                 "fwd_ms": bench(lambda: study.forward(x, w, tables, act8)),
                 "fwdbwd_ms": bench(
                     lambda: (study.forward(x, w, tables, act8), study.backward(x, grads, w, tables, act8))
                 ),
             }
+            study.poison = True
             xg, wg = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
 
             def default_op(xx=xg, ww=wg, a=active):
@@ -282,21 +349,53 @@ def run(profile: bool) -> list[dict]:
     return rows
 
 
+def sweep() -> list[dict]:
+    """study_tcs_fwd over densities 0-1 at each stage (its fastest P at density 0.3): splits its
+    time into a fixed part and a part per active kernel."""
+    best_P = {56: 1, 28: 1, 14: 4, 7: 4}
+    rows = []
+    for C, H, K in STAGES:
+        nk = math.ceil(K / K_SMALL)
+        study = Study(torch.bfloat16, B, C, H, H, nk, N_REP, K_SMALL, K)
+        study.poison = False
+        launch = study.tcs_launch(best_P[H], K)
+        for density in (0.0, 0.1, 0.3, 0.6, 1.0):
+            x, w, _, tables, active = _inputs(B, C, H, H, K_SMALL, K, N_REP, density, torch.bfloat16, 0)
+            if density == 1.0:
+                active[:] = True
+            act8 = active.to(torch.uint8)
+            ms = bench(lambda: study.forward(x, w, tables, act8, launch))
+            rows.append({"C_rep": C, "H": H, "P": best_P[H], "density": active.float().mean().item(), "fwd_ms": ms})
+            print(f"{C:>4}@{H:<2} P={best_P[H]} density {rows[-1]['density']:.3f}: study_tcs_fwd {ms:.3f} ms")
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT"))
     ap.add_argument("--profile", action="store_true", help="stage 1, density 0.3, study kernels only (for ncu)")
+    ap.add_argument("--sweep", action="store_true", help="study_tcs_fwd over densities 0-1 at each stage")
     args = ap.parse_args()
     t0 = time.time()
     if args.profile:
         run(True)
+        return
+    if args.sweep:
+        write_results(
+            "sparse_tile_study_sweep",
+            "PYTHONPATH=src python bench/sparse_tile_study.py --sweep",
+            "bf16; triton.testing.do_bench median, warmup 25 ms, rep 100 ms; outputs from torch.empty_like",
+            {"rows": sweep(), "wall_s": time.time() - t0},
+            args.out,
+        )
         return
     checks = check()
     rows = run(False)
     write_results(
         "sparse_tile_study",
         "PYTHONPATH=src python bench/sparse_tile_study.py",
-        "bf16; triton.testing.do_bench median, warmup 25 ms, rep 100 ms; study forward+backward = "
+        "bf16; triton.testing.do_bench median, warmup 25 ms, rep 100 ms; study outputs from torch.empty_like "
+        "(the op's allocation; NaN-filled only for the checks); study forward+backward = "
         "swc_sp_fwd + swc_sp_bwd + the partials' sum",
         {"checks": checks, "rows": rows, "wall_s": time.time() - t0},
         args.out,
@@ -304,14 +403,19 @@ def main():
     print(f"oracle checks: {sum(c['ok'] for c in checks)}/{len(checks)} passed")
     print("bf16 ms, density 1.0 / 0.3; last column: study forward+backward at 0.3 over the default op at 1.0")
     heads = ("default fwd", "default f+b", "study fwd", "study f+b")
-    print(f"{'stage':>7} | " + " | ".join(f"{h:>11}" for h in heads) + " | mma fwd (P) | ratio")
+    print(f"{'stage':>7} | " + " | ".join(f"{h:>11}" for h in heads) + " | mma fwd (P) | tcs fwd (P) | ratio")
     for r in rows:
         d1, d3 = r["d1.0"], r["d0.3"]
 
         def pair(name, key):
             return f"{d1[name][key]:5.3f}/{d3[name][key]:5.3f}"
 
-        mma = " ".join(f"{pair(k, 'fwd_ms')}({k.split('P')[-1]})" for k in d1 if k.startswith("mma"))
+        def best(prefix):
+            keys = [k for k in d3 if k.startswith(prefix)]
+            k = min(keys, key=lambda k: d3[k]["fwd_ms"])
+            return f"{pair(k, 'fwd_ms')}({k.split('P')[-1]})"
+
+        mma = best("mma") + " | " + best("tcs")
         ratio = d3["study"]["fwdbwd_ms"] / d1["default"]["fwdbwd_ms"]
         cells = " | ".join(
             pair(n, k)
