@@ -701,6 +701,45 @@ __device__ __forceinline__ void store_lines(io_t* out, const float (&acc)[MAXNT]
     }
 }
 
+// The warp's gather stripe: 16 output lines of the V branch (lines = image rows, warps [0, nV)) or
+// of the H branch (lines = image columns, the next nH warps) across the block's P images, and the
+// lane's ldmatrix address in the V / H planes zv / zh (line m0 + lane % 16, clamped; column half).
+struct GatherStripe {
+    bool isV, isH;
+    int m0, nlines, n_in;
+    u32 base;
+};
+
+__device__ __forceinline__ GatherStripe gather_stripe(int P, int H, int W, const u16* zv, const u16* zh, int VPLB,
+                                                      int HPLB, int LOV, int LOH, int PVB, int PHB) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int nV = (P * H + 15) / 16, nH = (P * W + 15) / 16;
+    GatherStripe gs;
+    gs.isV = warp < nV;
+    gs.isH = !gs.isV && warp < nV + nH;
+    gs.m0 = 16 * (gs.isV ? warp : warp - nV);
+    gs.nlines = gs.isV ? P * H : P * W;
+    gs.n_in = gs.isV ? H : W;
+    gs.base = 0;
+    if (gs.isV || gs.isH) {
+        const int line = min(gs.m0 + (lane & 15), gs.nlines - 1);
+        const int pl = line / gs.n_in, l = line - pl * gs.n_in;
+        const u16* row = gs.isV ? zv + pl * VPLB + (l + LOV) * PVB : zh + pl * HPLB + (l + LOH) * PHB;
+        gs.base = smem_addr(row) + 16 * (lane >> 4);
+    }
+    return gs;
+}
+
+__device__ __forceinline__ void zero_tiles(float (&a)[MAXNT][4], float (&b)[MAXNT][4]) {
+#pragma unroll
+    for (int t = 0; t < MAXNT; ++t)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            a[t][e] = 0.f;
+            b[t][e] = 0.f;
+        }
+}
+
 // PVB / PHB: element pitches of the bf16 V and H planes (8 * odd: conflict-free ldmatrix rows).
 extern "C" __global__ void __launch_bounds__(512, 1)
 study_sp_mma_fwd(const io_t* __restrict__ x, const float* __restrict__ w, const int* __restrict__ offh,
@@ -739,26 +778,14 @@ study_sp_mma_fwd(const io_t* __restrict__ x, const float* __restrict__ w, const 
     u16* zvc = s_zv + p * VPLB + (4 * ac + LOV) * PVB + 4 * bc;
     u16* zhc = s_zh + p * HPLB + (4 * bc + LOH) * PHB + 4 * ac;
 
-    // gather items: V m-tiles (lines = image rows), then H m-tiles (lines = image columns)
-    const int nV = (P * H + 15) / 16, nH = (P * W + 15) / 16;
-    const bool isV = warp < nV, isH = !isV && warp < nV + nH;
-    const int m0 = 16 * (isV ? warp : warp - nV);
-    const int nlines = isV ? P * H : P * W, n_in = isV ? H : W;
-    const int ntile = isV ? (W + 7) / 8 : (H + 7) / 8;
-    u32 base = 0;
-    if (isV || isH) {
-        const int line = min(m0 + (lane & 15), nlines - 1);
-        const int pl = line / n_in, l = line - pl * n_in;
-        const u16* row = isV ? s_zv + pl * VPLB + (l + LOV) * PVB : s_zh + pl * HPLB + (l + LOH) * PHB;
-        base = smem_addr(row) + 16 * (lane >> 4);
-    }
+    const GatherStripe gs = gather_stripe(P, H, W, s_zv, s_zh, VPLB, HPLB, LOV, LOH, PVB, PHB);
+    const bool isV = gs.isV, isH = gs.isH;
+    const int m0 = gs.m0, nlines = gs.nlines, ntile = isV ? (W + 7) / 8 : (H + 7) / 8;
+    const u32 base = gs.base;
     // identity fragment rows of A: lane holds (row g, cols 2t, 2t+1) and (row g + 8, cols 2t + 8, 2t + 9)
     const int gq = lane >> 2, tq = lane & 3;
     float acc[MAXNT][4], acci[MAXNT][4];
-#pragma unroll
-    for (int a = 0; a < MAXNT; ++a)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) { acc[a][e] = 0.f; acci[a][e] = 0.f; }
+    zero_tiles(acc, acci);
     __syncthreads();
 
     for (int i = 0; i < n; ++i) {
@@ -1010,18 +1037,11 @@ study_tcs_fwd(const u16* __restrict__ x, const float* __restrict__ w, const int*
         s_tb[t] = make_uint2(bf16x2(v[0], v[1]), bf16x2(v[2], v[3]));
     }
 
-    // gather stripes, one per warp: V (lines = image rows), then H (lines = image columns)
-    const int nV = (P * H + 15) / 16, nH = (P * W + 15) / 16;
-    const bool isV = warp < nV, isH = !isV && warp < nV + nH;
-    const int m0 = 16 * (isV ? warp : warp - nV);
-    const int nlines = isV ? P * H : P * W, n_in = isV ? H : W;
-    u32 base = 0;
-    if (isV || isH) {
-        const int line = min(m0 + (lane & 15), nlines - 1);
-        const int pl = line / n_in, l = line - pl * n_in;
-        const u16* row = isV ? s_z + pl * VPLB + (l + LOV) * PVB : s_z + P * VPLB + pl * HPLB + (l + LOH) * PHB;
-        base = smem_addr(row) + 16 * (lane >> 4);
-    }
+    // gather stripes, one per warp; the Z planes of buffer 1 are ZBUF elements after buffer 0's
+    const GatherStripe gs = gather_stripe(P, H, W, s_z, s_z + P * VPLB, VPLB, HPLB, LOV, LOH, PVB, PHB);
+    const bool isV = gs.isV, isH = gs.isH;
+    const int m0 = gs.m0;
+    const u32 base = gs.base;
     // response stripes: V orientation first, then H; round-robin over the warps (at most 2 per warp
     // kept in registers, the host checks)
     const int nRV = (P * (H + 2 * RS) + 15) / 16, nRH = (P * (W + 2 * RS) + 15) / 16;
@@ -1040,10 +1060,7 @@ study_tcs_fwd(const u16* __restrict__ x, const float* __restrict__ w, const int*
     const u32 one = (gq == 2 * tq ? 0x3F80u : 0u) | (gq == 2 * tq + 1 ? 0x3F800000u : 0u);
     const u32 zero = (u32)min(n, 0);  // 0, from a run-time value so that it stays in a register
     float acc[MAXNT][4], acci[MAXNT][4];
-#pragma unroll
-    for (int a = 0; a < MAXNT; ++a)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) { acc[a][e] = 0.f; acci[a][e] = 0.f; }
+    zero_tiles(acc, acci);
     __syncthreads();
 
     for (int i = 0; i < n; ++i) {
