@@ -701,7 +701,7 @@ __device__ __forceinline__ void store_lines(io_t* out, const float (&acc)[MAXNT]
     }
 }
 
-// The warp's gather stripe: 16 output lines of the V branch (lines = image rows, warps [0, nV)) or
+// Gather stripe number `warp`: 16 output lines of the V branch (lines = image rows, warps [0, nV)) or
 // of the H branch (lines = image columns, the next nH warps) across the block's P images, and the
 // lane's ldmatrix address in the V / H planes zv / zh (line m0 + lane % 16, clamped; column half).
 struct GatherStripe {
@@ -710,9 +710,9 @@ struct GatherStripe {
     u32 base;
 };
 
-__device__ __forceinline__ GatherStripe gather_stripe(int P, int H, int W, const u16* zv, const u16* zh, int VPLB,
-                                                      int HPLB, int LOV, int LOH, int PVB, int PHB) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+__device__ __forceinline__ GatherStripe gather_stripe(int warp, int P, int H, int W, const u16* zv, const u16* zh,
+                                                      int VPLB, int HPLB, int LOV, int LOH, int PVB, int PHB) {
+    const int lane = threadIdx.x & 31;
     const int nV = (P * H + 15) / 16, nH = (P * W + 15) / 16;
     GatherStripe gs;
     gs.isV = warp < nV;
@@ -778,7 +778,7 @@ study_sp_mma_fwd(const io_t* __restrict__ x, const float* __restrict__ w, const 
     u16* zvc = s_zv + p * VPLB + (4 * ac + LOV) * PVB + 4 * bc;
     u16* zhc = s_zh + p * HPLB + (4 * bc + LOH) * PHB + 4 * ac;
 
-    const GatherStripe gs = gather_stripe(P, H, W, s_zv, s_zh, VPLB, HPLB, LOV, LOH, PVB, PHB);
+    const GatherStripe gs = gather_stripe(warp, P, H, W, s_zv, s_zh, VPLB, HPLB, LOV, LOH, PVB, PHB);
     const bool isV = gs.isV, isH = gs.isH;
     const int m0 = gs.m0, nlines = gs.nlines, ntile = isV ? (W + 7) / 8 : (H + 7) / 8;
     const u32 base = gs.base;
@@ -918,6 +918,42 @@ __device__ __forceinline__ void gather_tiles(float (&acc)[MAXNT][4], u32 base, u
     }
 }
 
+// Two shifted copies (base0, base1) into the same tiles: all loads first, then the mma, so the
+// second copy's loads overlap the first's.
+template <int NTT>
+__device__ __forceinline__ void gather_pair(float (&acc)[MAXNT][4], u32 base0, u32 base1, u32 a, u32 zero) {
+    u32 b[2][(NTT + 1) / 2][4];
+#pragma unroll
+    for (int k = 0; k < 2; ++k) {
+        const u32 base = k ? base1 : base0;
+#pragma unroll
+        for (int q = 0; q < NTT / 2; ++q) ldsm_x4_t(base + 32 * q, b[k][q][0], b[k][q][1], b[k][q][2], b[k][q][3]);
+        if (NTT & 1) ldsm_x2_t(base + 32 * (NTT / 2), b[k][NTT / 2][0], b[k][NTT / 2][1]);
+    }
+#pragma unroll
+    for (int k = 0; k < 2; ++k)
+#pragma unroll
+        for (int t = 0; t < NTT; ++t) mma_full(acc[t], a, zero, zero, a, b[k][t / 2][2 * (t & 1)], b[k][t / 2][2 * (t & 1) + 1]);
+}
+
+// The N_rep (<= 4) shifts of one kernel from table tab, two at a time where neither is SKIP.
+template <int NTT>
+__device__ __forceinline__ void gather_shifts(float (&acc)[MAXNT][4], const int* tab, int nrep, u32 base, u32 one,
+                                              u32 zero) {
+    int o[4];
+#pragma unroll
+    for (int g = 0; g < 4; ++g) o[g] = g < nrep ? tab[g] : SKIP;
+#pragma unroll
+    for (int g = 0; g < 4; g += 2) {
+        if (o[g] != SKIP && o[g + 1] != SKIP) {
+            gather_pair<NTT>(acc, base + 2 * o[g], base + 2 * o[g + 1], one, zero);
+        } else {
+            if (o[g] != SKIP) gather_tiles<NTT>(acc, base + 2 * o[g], one, zero);
+            if (o[g + 1] != SKIP) gather_tiles<NTT>(acc, base + 2 * o[g + 1], one, zero);
+        }
+    }
+}
+
 // Response stripe: lines [m0, m0 + 16) of one orientation (line = image p, position l in [-RS, n_in
 // + RS)), NTT column tiles, for the kernel whose fragment table is tb (KS x 32 uint2), stored as
 // bf16 into the Z plane zp (row (l + lo) of image p, pitch zpb, plane zpl elements).
@@ -991,115 +1027,215 @@ __device__ __forceinline__ void store_stripe(u16* out, const float (&acc)[MAXNT]
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512, 1)
-study_tcs_fwd(const u16* __restrict__ x, const float* __restrict__ w, const int* __restrict__ offh,
-              const int* __restrict__ offv, const int* __restrict__ idc, const unsigned char* __restrict__ active,
-              u16* __restrict__ out_h, u16* __restrict__ out_v, u16* __restrict__ out_i, int B, int C, int H, int W,
-              int nk, int nrep, int P, int LOV, int RV, int LOH, int RH, int PVB, int PHB) {
-    extern __shared__ __align__(16) float smem[];
-    __shared__ int s_n;
+// Shared-memory carve-up of the all-tensor-core forwards.
+struct TcsSmem {
+    u16 *x0, *x1, *z;  // input planes (row-major, transposed); Z buffer k at z + k * ZBUF, V then H planes
+    float* w;
+    int *tv, *th, *id, *list;
+    uint2* tb;  // Toeplitz fragments [kernel][orientation][tap][lane]
+    int XB0, XB1, XL0, XL1, VPLB, HPLB, ZBUF, n;
+};
+
+#define TCS_ARGS                                                                                                    \
+    const u16 *__restrict__ x, const float *__restrict__ w, const int *__restrict__ offh,                          \
+        const int *__restrict__ offv, const int *__restrict__ idc, const unsigned char *__restrict__ active,        \
+        u16 *__restrict__ out_h, u16 *__restrict__ out_v, u16 *__restrict__ out_i, int B, int C, int H, int W, int nk, \
+        int nrep, int P, int LOV, int RV, int LOH, int RH, int PVB, int PHB
+
+// Carves shared memory, stages the tables of the active kernels and the input planes (both
+// orientations), and builds the Toeplitz fragment table: b.x = (T[2t][g], T[2t + 1][g]), b.y =
+// (T[2t + 8][g], T[2t + 9][g]), T[q][col] = w_a(q - 4 - col + RS) (the window starts 4 columns left
+// of the tile). Ends with a barrier.
+__device__ __forceinline__ TcsSmem tcs_setup(float* smem, int* s_n, TCS_ARGS) {
     const int c = blockIdx.x, b0 = blockIdx.y * P, np = min(P, B - b0);
-    const int tid = threadIdx.x, NT = blockDim.x, lane = tid & 31, warp = tid >> 5, NW = NT >> 5;
+    const int tid = threadIdx.x, NT = blockDim.x;
     const Geo g = geometry(H, W, RV, RH);
-    constexpr int ntV = TCS_NTV, ntH = TCS_NTH;  // column tiles: V lines are W wide, H lines H
-    const int XB0 = bf16_pitch(8 * ntV + 8), XB1 = bf16_pitch(8 * ntH + 8);
-    const int XL0 = (H + 4 * RS) * XB0, XL1 = (W + 4 * RS) * XB1;
-    const int VPLB = RV * PVB, HPLB = RH * PHB, ZBUF = P * (VPLB + HPLB);
-
-    u16* s_x0 = (u16*)smem;
-    u16* s_x1 = s_x0 + P * XL0;
-    u16* s_z = s_x1 + P * XL1;  // buffer k: V planes at s_z + k * ZBUF, H planes after them
-    float* s_w = (float*)(s_z + 2 * ZBUF);
-    int* s_tv = (int*)(s_w + nk * WS);
-    int* s_th = s_tv + nk * nrep;
-    int* s_id = s_th + nk * nrep;
-    int* s_list = s_id + nk;
-    uint2* s_tb = (uint2*)(s_list + nk);  // [kernel][orientation][tap][lane]; the table words are even
-
-    compact_active(c, nk, active, s_list, &s_n);
-    zero_words((float*)s_x0, (P * (XL0 + XL1) + 2 * ZBUF) / 8);
+    TcsSmem m;
+    m.XB0 = bf16_pitch(8 * TCS_NTV + 8);
+    m.XB1 = bf16_pitch(8 * TCS_NTH + 8);
+    m.XL0 = (H + 4 * RS) * m.XB0;
+    m.XL1 = (W + 4 * RS) * m.XB1;
+    m.VPLB = RV * PVB;
+    m.HPLB = RH * PHB;
+    m.ZBUF = P * (m.VPLB + m.HPLB);
+    m.x0 = (u16*)smem;
+    m.x1 = m.x0 + P * m.XL0;
+    m.z = m.x1 + P * m.XL1;
+    m.w = (float*)(m.z + 2 * m.ZBUF);
+    m.tv = (int*)(m.w + nk * WS);
+    m.th = m.tv + nk * nrep;
+    m.id = m.th + nk * nrep;
+    m.list = m.id + nk;
+    m.tb = (uint2*)(m.list + nk);  // the table words are even
+    compact_active(c, nk, active, m.list, s_n);
+    zero_words((float*)m.x0, (P * (m.XL0 + m.XL1) + 2 * m.ZBUF) / 8);
     __syncthreads();
-    const int n = s_n;
-    stage_tables(false, c, nk, nrep, n, w, offh, offv, idc, H, W, g, PVB, PHB, s_w, s_tv, s_th, s_id, s_list);
-    stage_both(x, s_x0, s_x1, b0, np, C, c, H, W, XL0, XB0, XL1, XB1);
+    m.n = *s_n;
+    stage_tables(false, c, nk, nrep, m.n, w, offh, offv, idc, H, W, g, PVB, PHB, m.w, m.tv, m.th, m.id, m.list);
+    stage_both(x, m.x0, m.x1, b0, np, C, c, H, W, m.XL0, m.XB0, m.XL1, m.XB1);
     __syncthreads();
-    // Toeplitz fragments: b.x = (T[2t][g], T[2t + 1][g]), b.y = (T[2t + 8][g], T[2t + 9][g]),
-    // T[q][col] = w_a(q - 4 - col + RS) (the window starts 4 columns left of the tile)
-    for (int t = tid; t < n * 2 * KS * 32; t += NT) {
+    for (int t = tid; t < m.n * 2 * KS * 32; t += NT) {
         const int ln = t & 31, rest = t >> 5, a = rest % KS, o = (rest / KS) & 1, i = rest / (2 * KS);
         const int gq = ln >> 2, tq = ln & 3;
         float v[4];
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
             const int q = 2 * tq + (e & 1) + 8 * (e >> 1), ct = q - 4 - gq + RS;
-            v[e] = (ct >= 0 && ct < KS) ? s_w[i * WS + (o == 0 ? a * KS + ct : ct * KS + a)] : 0.f;
+            v[e] = (ct >= 0 && ct < KS) ? m.w[i * WS + (o == 0 ? a * KS + ct : ct * KS + a)] : 0.f;
         }
-        s_tb[t] = make_uint2(bf16x2(v[0], v[1]), bf16x2(v[2], v[3]));
+        m.tb[t] = make_uint2(bf16x2(v[0], v[1]), bf16x2(v[2], v[3]));
     }
+    __syncthreads();
+    return m;
+}
 
-    // gather stripes, one per warp; the Z planes of buffer 1 are ZBUF elements after buffer 0's
-    const GatherStripe gs = gather_stripe(P, H, W, s_z, s_z + P * VPLB, VPLB, HPLB, LOV, LOH, PVB, PHB);
-    const bool isV = gs.isV, isH = gs.isH;
-    const int m0 = gs.m0;
-    const u32 base = gs.base;
-    // response stripes: V orientation first, then H; round-robin over the warps (at most 2 per warp
-    // kept in registers, the host checks)
-    const int nRV = (P * (H + 2 * RS) + 15) / 16, nRH = (P * (W + 2 * RS) + 15) / 16;
-    const u32 xs0 = smem_addr(s_x0), xs1 = smem_addr(s_x1);
-    Stripe rs[2];
-    bool rsV[2], rsOn[2];
-#pragma unroll
-    for (int k = 0; k < 2; ++k) {
-        const int sidx = warp + k * NW;
-        rsOn[k] = sidx < nRV + nRH;
-        rsV[k] = sidx < nRV;
-        rs[k] = rsV[k] ? make_stripe(xs0, XL0, XB0, H, np, 16 * sidx, VPLB, PVB, LOV)
-                       : make_stripe(xs1, XL1, XB1, W, np, 16 * (sidx - nRV), HPLB, PHB, LOH);
+// The lane's response stripe number k (V orientation first, then H): s = first + k * step.
+__device__ __forceinline__ Stripe tcs_stripe(const TcsSmem& m, int s, int nRV, int H, int W, int np, int LOV,
+                                             int LOH, int PVB, int PHB) {
+    return s < nRV ? make_stripe(smem_addr(m.x0), m.XL0, m.XB0, H, np, 16 * s, m.VPLB, PVB, LOV)
+                   : make_stripe(smem_addr(m.x1), m.XL1, m.XB1, W, np, 16 * (s - nRV), m.HPLB, PHB, LOH);
+}
+
+// Adds kernel i's shifted copies (buffer at byte offset bb from the stripe's rows) into the gather
+// stripe's accumulators: N_rep V or H shifts, and the identity for V stripes.
+__device__ __forceinline__ void tcs_gather(const TcsSmem& m, const GatherStripe& gs, int i, int nrep, u32 bb,
+                                           float (&acc)[MAXNT][4], float (&acci)[MAXNT][4], u32 one, u32 zero) {
+    const int lane = threadIdx.x & 31, gq = lane >> 2, tq = lane & 3;
+    if (gs.isV) {
+        gather_shifts<TCS_NTV>(acc, m.tv + i * nrep, nrep, bb, one, zero);
+        const int ic = m.id[i];
+        if (ic) {
+            const u32 f = bf16x2((float)ic, (float)ic);
+            const u32 diag = (gq == 2 * tq ? (f & 0xffffu) : 0u) | (gq == 2 * tq + 1 ? (f & 0xffff0000u) : 0u);
+            gather_tiles<TCS_NTV>(acci, bb, diag, zero);
+        }
+    } else if (gs.isH) {
+        gather_shifts<TCS_NTH>(acc, m.th + i * nrep, nrep, bb, one, zero);
     }
-    const int gq = lane >> 2, tq = lane & 3;
-    const u32 one = (gq == 2 * tq ? 0x3F80u : 0u) | (gq == 2 * tq + 1 ? 0x3F800000u : 0u);
-    const u32 zero = (u32)min(n, 0);  // 0, from a run-time value so that it stays in a register
+}
+
+__device__ __forceinline__ void tcs_store(const GatherStripe& gs, const float (&acc)[MAXNT][4],
+                                          const float (&acci)[MAXNT][4], u16* out_h, u16* out_v, u16* out_i, int b0,
+                                          int np, int C, int c, int H, int W) {
+    if (gs.isV) {
+        store_stripe<TCS_NTV>(out_v, acc, gs.m0, H, W, b0, np, C, c, H, W, false);
+        store_stripe<TCS_NTV>(out_i, acci, gs.m0, H, W, b0, np, C, c, H, W, false);
+    } else if (gs.isH) {
+        store_stripe<TCS_NTH>(out_h, acc, gs.m0, W, H, b0, np, C, c, H, W, true);
+    }
+}
+
+__device__ __forceinline__ u32 identity_fragment() {
+    const int lane = threadIdx.x & 31, gq = lane >> 2, tq = lane & 3;
+    return (gq == 2 * tq ? 0x3F80u : 0u) | (gq == 2 * tq + 1 ? 0x3F800000u : 0u);
+}
+
+// Entry of the all-tensor-core forwards: shared memory set up (m), and the block's channel c and
+// images [b0, b0 + np).
+#define TCS_PREAMBLE                                                                                            \
+    extern __shared__ __align__(16) float smem[];                                                               \
+    __shared__ int s_n;                                                                                         \
+    const TcsSmem m = tcs_setup(smem, &s_n, x, w, offh, offv, idc, active, out_h, out_v, out_i, B, C, H, W, nk, \
+                                nrep, P, LOV, RV, LOH, RH, PVB, PHB);                                           \
+    const int c = blockIdx.x, b0 = blockIdx.y * P, np = min(P, B - b0)
+
+extern "C" __global__ void __launch_bounds__(512, 1) study_tcs_fwd(TCS_ARGS) {
+    TCS_PREAMBLE;
+    const int warp = threadIdx.x >> 5, NW = blockDim.x >> 5, n = m.n;
+    // gather stripes, one per warp; response stripes round-robin over the warps (at most 2 per warp
+    // kept in registers, the host checks)
+    const GatherStripe gs = gather_stripe(warp, P, H, W, m.z, m.z + P * m.VPLB, m.VPLB, m.HPLB, LOV, LOH, PVB, PHB);
+    const int nRV = (P * (H + 2 * RS) + 15) / 16, nRH = (P * (W + 2 * RS) + 15) / 16;
+    Stripe rs[2];
+#pragma unroll
+    for (int k = 0; k < 2; ++k) rs[k] = tcs_stripe(m, warp + k * NW, nRV, H, W, np, LOV, LOH, PVB, PHB);
+    const u32 one = identity_fragment(), zero = (u32)min(n, 0);  // zero from a run-time value: stays in a register
     float acc[MAXNT][4], acci[MAXNT][4];
     zero_tiles(acc, acci);
-    __syncthreads();
 
     for (int i = 0; i < n; ++i) {
         const int buf = i & 1;
-        u16* zb = s_z + buf * ZBUF;
+        u16* zb = m.z + buf * m.ZBUF;
 #pragma unroll
         for (int k = 0; k < 2; ++k) {
-            if (!rsOn[k]) continue;
-            if (rsV[k])
-                response_stripe<ntV>(rs[k], s_tb + (i * 2 + 0) * KS * 32, zb);
+            const int sidx = warp + k * NW;
+            if (sidx >= nRV + nRH) continue;
+            if (sidx < nRV)
+                response_stripe<TCS_NTV>(rs[k], m.tb + (i * 2 + 0) * KS * 32, zb);
             else
-                response_stripe<ntH>(rs[k], s_tb + (i * 2 + 1) * KS * 32, zb + P * VPLB);
+                response_stripe<TCS_NTH>(rs[k], m.tb + (i * 2 + 1) * KS * 32, zb + P * m.VPLB);
         }
         __syncthreads();
-        const u32 bb = base + 2 * buf * ZBUF;
-        if (isV) {
-            for (int gg = 0; gg < nrep; ++gg) {
-                const int o = s_tv[i * nrep + gg];
-                if (o != SKIP) gather_tiles<ntV>(acc, bb + 2 * o, one, zero);
-            }
-            const int ic = s_id[i];
-            if (ic) {
-                const u32 f = bf16x2((float)ic, (float)ic);
-                const u32 diag = (gq == 2 * tq ? (f & 0xffffu) : 0u) | (gq == 2 * tq + 1 ? (f & 0xffff0000u) : 0u);
-                gather_tiles<ntV>(acci, bb, diag, zero);
-            }
-        } else if (isH) {
-            for (int gg = 0; gg < nrep; ++gg) {
-                const int o = s_th[i * nrep + gg];
-                if (o != SKIP) gather_tiles<ntH>(acc, bb + 2 * o, one, zero);
-            }
-        }
+        tcs_gather(m, gs, i, nrep, gs.base + 2 * buf * m.ZBUF, acc, acci, one, zero);
     }
+    tcs_store(gs, acc, acci, out_h, out_v, out_i, b0, np, C, c, H, W);
+}
 
-    if (isV) {
-        store_stripe<ntV>(out_v, acc, m0, H, W, b0, np, C, c, H, W, false);
-        store_stripe<ntV>(out_i, acci, m0, H, W, b0, np, C, c, H, W, false);
-    } else if (isH) {
-        store_stripe<ntH>(out_h, acc, m0, W, H, b0, np, C, c, H, W, true);
+// ------------------------------------------------------------------------------------------------
+// study_tcs_pc_fwd: study_tcs_fwd with its warps split into producers and consumers. Producer warp
+// s < nRV + nRH owns response stripe s and keeps its input fragments (all column tiles and line
+// taps) in registers for the whole block, so a kernel's response costs KS * NTT mma and the
+// stores. The next warps gather. The two Z buffers are handed over with named barriers (full: 1,
+// 2; empty: 3, 4) instead of a block-wide barrier per kernel.
+__device__ __forceinline__ void bar_sync(int id, int count) { asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(count)); }
+__device__ __forceinline__ void bar_arrive(int id, int count) {
+    asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(count) : "memory");
+}
+
+template <int NTT>
+__device__ __forceinline__ void produce(const Stripe& st, const TcsSmem& m, int orient, u16* zp, int n, int NT) {
+    const int lane = threadIdx.x & 31;
+    u32 xa[NTT][KS][4];
+#pragma unroll
+    for (int nn = 0; nn < NTT; ++nn)
+#pragma unroll
+        for (int a = 0; a < KS; ++a)
+            ldsm_x4(st.abase + a * st.tap + 16 * nn, xa[nn][a][0], xa[nn][a][1], xa[nn][a][2], xa[nn][a][3]);
+    for (int i = 0; i < n; ++i) {
+        const int buf = i & 1;
+        if (i >= 2) bar_sync(3 + buf, NT);  // the consumers are done with kernel i - 2
+        const uint2* tb = m.tb + (i * 2 + orient) * KS * 32;
+        uint2 b[KS];
+#pragma unroll
+        for (int a = 0; a < KS; ++a) b[a] = tb[a * 32 + lane];
+        u16* z = zp + buf * m.ZBUF;
+#pragma unroll
+        for (int nn = 0; nn < NTT; ++nn) {
+            float acc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+            for (int a = 0; a < KS; ++a)
+                mma_full(acc, xa[nn][a][0], xa[nn][a][1], xa[nn][a][2], xa[nn][a][3], b[a].x, b[a].y);
+            if (st.z0 >= 0) *(u32*)(z + st.z0 + 8 * nn) = bf16x2(acc[0], acc[1]);
+            if (st.z1 >= 0) *(u32*)(z + st.z1 + 8 * nn) = bf16x2(acc[2], acc[3]);
+        }
+        bar_arrive(1 + buf, NT);  // Z_i is in buffer buf
     }
+}
+
+extern "C" __global__ void __launch_bounds__(512, 1) study_tcs_pc_fwd(TCS_ARGS) {
+    TCS_PREAMBLE;
+    const int warp = threadIdx.x >> 5, NT = blockDim.x, n = m.n;
+    const int nRV = (P * (H + 2 * RS) + 15) / 16, nRH = (P * (W + 2 * RS) + 15) / 16, nProd = nRV + nRH;
+    if (warp < nProd) {
+        const Stripe st = tcs_stripe(m, warp, nRV, H, W, np, LOV, LOH, PVB, PHB);
+        if (warp < nRV)
+            produce<TCS_NTV>(st, m, 0, m.z, n, NT);
+        else
+            produce<TCS_NTH>(st, m, 1, m.z + P * m.VPLB, n, NT);
+        return;
+    }
+    // consumers: warp nProd + k gathers stripe k
+    const GatherStripe gs =
+        gather_stripe(warp - nProd, P, H, W, m.z, m.z + P * m.VPLB, m.VPLB, m.HPLB, LOV, LOH, PVB, PHB);
+    const u32 one = identity_fragment(), zero = (u32)min(n, 0);
+    float acc[MAXNT][4], acci[MAXNT][4];
+    zero_tiles(acc, acci);
+    for (int i = 0; i < n; ++i) {
+        const int buf = i & 1;
+        bar_sync(1 + buf, NT);  // Z_i is ready
+        tcs_gather(m, gs, i, nrep, gs.base + 2 * buf * m.ZBUF, acc, acci, one, zero);
+        if (i + 2 < n) bar_arrive(3 + buf, NT);  // only arrivals a producer will wait for
+    }
+    tcs_store(gs, acc, acci, out_h, out_v, out_i, b0, np, C, c, H, W);
 }
 #endif  // DT == 2

@@ -23,6 +23,7 @@ per-kernel cost); writes sparse_tile_study_sweep_<GPU>.json.
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import os
 import random
@@ -68,14 +69,15 @@ def _prepared(fn):
     return fn
 
 
-def _tcs_function(ks: int, ntv: int, nth: int):
-    """study_tcs_fwd compiled for column-tile counts ntv = ceil(W / 8), nth = ceil(H / 8)."""
+def _tcs_functions(ks: int, ntv: int, nth: int) -> tuple:
+    """(study_tcs_fwd, study_tcs_pc_fwd) compiled for column-tile counts ntv = ceil(W / 8),
+    nth = ceil(H / 8)."""
     key = ("tcs", ks, ntv, nth)
     if key not in _modules:
         opts = ("-DDT=2", f"-DKS={ks}", f"-DTCS_NTV={ntv}", f"-DTCS_NTH={nth}", "-std=c++17")
         opts += ("-lineinfo",) if os.environ.get("STUDY_LINEINFO") else ()
         mod = cupy.RawModule(code=SOURCE, options=opts, backend="nvrtc")
-        _modules[key] = _prepared(mod.get_function("study_tcs_fwd"))
+        _modules[key] = tuple(_prepared(mod.get_function(n)) for n in ("study_tcs_fwd", "study_tcs_pc_fwd"))
     return _modules[key]
 
 
@@ -157,18 +159,24 @@ def mma_plan(H: int, W: int, nk: int, nrep: int, m: int, P: int) -> tuple[int, i
     return threads, smem, (lov, rv, loh, rh, pvb, phb)
 
 
-def tcs_plan(H: int, W: int, nk: int, nrep: int, ks: int, m: int, P: int) -> tuple[int, int, tuple] | None:
-    """(threads, smem, extra ints) of study_tcs_fwd with P images per block, or None. Mirrors the
-    kernel's carve-up: bf16 input planes (row-major and transposed), two buffers of bf16 V and H
-    planes, the tables, and the Toeplitz fragment table (nk x 2 orientations x ks taps x 32 lanes)."""
+def tcs_plan(
+    H: int, W: int, nk: int, nrep: int, ks: int, m: int, P: int, split: bool = False
+) -> tuple[int, int, tuple] | None:
+    """(threads, smem, extra ints) of study_tcs_fwd (split: study_tcs_pc_fwd) with P images per
+    block, or None. Mirrors the kernel's carve-up: bf16 input planes (row-major and transposed), two
+    buffers of bf16 V and H planes, the tables, and the Toeplitz fragment table (nk x 2
+    orientations x ks taps x 32 lanes). study_tcs_fwd runs a warp per gather stripe and up to two
+    response stripes per warp; study_tcs_pc_fwd a warp per response stripe, then one per gather
+    stripe."""
     r = ks // 2
     lov, rv, loh, rh = geometry(H, W, nk, ks, m, False)
     pvb, phb = _bf16_pitch(_round_up(W, 4)), _bf16_pitch(_round_up(H, 4))
     xl0 = (H + 4 * r) * _bf16_pitch(_round_up(W, 8) + 8)
     xl1 = (W + 4 * r) * _bf16_pitch(_round_up(H, 8) + 8)
-    threads = 32 * (math.ceil(P * H / 16) + math.ceil(P * W / 16))
+    gather_warps = math.ceil(P * H / 16) + math.ceil(P * W / 16)
     response_stripes = math.ceil(P * (H + 2 * r) / 16) + math.ceil(P * (W + 2 * r) / 16)
-    if response_stripes > 2 * threads // 32:  # the kernel keeps two response stripes per warp
+    threads = 32 * (gather_warps + response_stripes if split else gather_warps)
+    if not split and response_stripes > 2 * gather_warps:
         return None
     smem = 2 * P * (xl0 + xl1 + 2 * (rv * pvb + rh * phb)) + 4 * _table_words(nk, nrep, ks) + 8 * nk * 2 * ks * 32
     if threads > MMA_MAX_THREADS or smem > swc._smem_optin(0) or max(H, W) > 64:
@@ -196,15 +204,16 @@ class Study:
         ints = (Bn, C, H, W, nk, nrep, P, *extra)
         return swc._Launch(swc._Kernel(self.fns[2]), (C, (Bn + P - 1) // P), threads, smem, 9, ints)
 
-    def tcs_launch(self, P: int, big_kernel: int):
-        """study_tcs_fwd (bf16) with P images per block, or None when it does not fit."""
+    def tcs_launch(self, P: int, big_kernel: int, split: bool = False):
+        """study_tcs_fwd (split: study_tcs_pc_fwd; bf16) with P images per block, or None when it
+        does not fit."""
         Bn, C, H, W, nk, nrep = self.shape
-        planned = tcs_plan(H, W, nk, nrep, self.ks, big_kernel // 2, P)
+        planned = tcs_plan(H, W, nk, nrep, self.ks, big_kernel // 2, P, split)
         if planned is None:
             return None
         threads, smem, extra = planned
         ints = (Bn, C, H, W, nk, nrep, P, *extra)
-        fn = _tcs_function(self.ks, math.ceil(W / 8), math.ceil(H / 8))
+        fn = _tcs_functions(self.ks, math.ceil(W / 8), math.ceil(H / 8))[int(split)]
         return swc._Launch(swc._Kernel(fn), (C, (Bn + P - 1) // P), threads, smem, 9, ints)
 
     poison = True  # outputs start as NaN (an unwritten element fails the checks); off when timing
@@ -274,12 +283,13 @@ def check(n_configs: int = 32) -> list[dict]:
         tol_out, tol_grad = TOL[cfg["dtype"]]
         ok = errs["out"] <= tol_out and errs["grad_x"] <= tol_grad and errs["grad_w"] <= tol_grad
         if cfg["dtype"] == torch.bfloat16:  # the all-tensor-core forward, one and all images per block
-            for P in sorted({1, cfg["Bn"]}):
-                launch = study.tcs_launch(P, cfg["K"])
+            for P, split in itertools.product(sorted({1, cfg["Bn"]}), (False, True)):
+                launch = study.tcs_launch(P, cfg["K"], split)
                 if launch is not None:
+                    name = f"tcs{'_pc' if split else ''}_out_P{P}"
                     tcs = study.forward(x, w, tables, act8, launch)
-                    errs[f"tcs_out_P{P}"] = max(_rel(o, r) for o, r in zip(tcs, refs))
-                    ok = ok and errs[f"tcs_out_P{P}"] <= tol_out
+                    errs[name] = max(_rel(o, r) for o, r in zip(tcs, refs))
+                    ok = ok and errs[name] <= tol_out
         ok = ok and bool((gw[~active] == 0).all())
         results.append({**{k: str(v) if k == "dtype" else v for k, v in cfg.items()}, **errs, "ok": ok})
         if not ok:
@@ -294,10 +304,10 @@ def run(profile: bool) -> list[dict]:
         mma_Ps = [P for P in (1, 2, 4, 8, 16) if P * H <= 16 * 8 and mma_plan(H, H, nk, N_REP, K // 2, P)][-2:]
         study = Study(torch.bfloat16, B, C, H, H, nk, N_REP, K_SMALL, K)
         variants = {f"mma_fwd_P{P}": study.mma_launch(P, K) for P in mma_Ps}
-        for P in (1, 2, 4, 8, 16):
-            launch = study.tcs_launch(P, K) if P * H <= 128 else None
+        for P, split in itertools.product((1, 2, 4, 8, 16), (False, True)):
+            launch = study.tcs_launch(P, K, split) if P * H <= 128 else None
             if launch is not None:
-                variants[f"tcs_fwd_P{P}"] = launch
+                variants[f"tcs{'_pc' if split else ''}_fwd_P{P}"] = launch
         row = {"C_rep": C, "H": H, "K": K, "B": B, "dtype": "bfloat16"}
         row["plans"] = {"fwd": study.plans[0], "bwd": study.plans[1], "variants": list(variants)}
         for density in (0.3,) if profile else (1.0, 0.3):
@@ -350,23 +360,28 @@ def run(profile: bool) -> list[dict]:
 
 
 def sweep() -> list[dict]:
-    """study_tcs_fwd over densities 0-1 at each stage (its fastest P at density 0.3): splits its
-    time into a fixed part and a part per active kernel."""
+    """study_tcs_fwd and study_tcs_pc_fwd over densities 0-1 at each stage (study_tcs_fwd's fastest
+    P at density 0.3): splits their time into a fixed part and a part per active kernel."""
     best_P = {56: 1, 28: 1, 14: 4, 7: 4}
     rows = []
     for C, H, K in STAGES:
         nk = math.ceil(K / K_SMALL)
         study = Study(torch.bfloat16, B, C, H, H, nk, N_REP, K_SMALL, K)
         study.poison = False
-        launch = study.tcs_launch(best_P[H], K)
+        launches = {name: study.tcs_launch(best_P[H], K, name.endswith("pc")) for name in ("tcs", "tcs_pc")}
         for density in (0.0, 0.1, 0.3, 0.6, 1.0):
             x, w, _, tables, active = _inputs(B, C, H, H, K_SMALL, K, N_REP, density, torch.bfloat16, 0)
             if density == 1.0:
                 active[:] = True
             act8 = active.to(torch.uint8)
-            ms = bench(lambda: study.forward(x, w, tables, act8, launch))
-            rows.append({"C_rep": C, "H": H, "P": best_P[H], "density": active.float().mean().item(), "fwd_ms": ms})
-            print(f"{C:>4}@{H:<2} P={best_P[H]} density {rows[-1]['density']:.3f}: study_tcs_fwd {ms:.3f} ms")
+            row = {"C_rep": C, "H": H, "P": best_P[H], "density": active.float().mean().item()}
+            for name, launch in launches.items():
+                row[f"{name}_fwd_ms"] = bench(lambda launch=launch: study.forward(x, w, tables, act8, launch))
+            rows.append(row)
+            print(
+                f"{C:>4}@{H:<2} P={best_P[H]} density {row['density']:.3f}: study_tcs_fwd {row['tcs_fwd_ms']:.3f} "
+                f"ms, study_tcs_pc_fwd {row['tcs_pc_fwd_ms']:.3f} ms"
+            )
     return rows
 
 
@@ -403,7 +418,8 @@ def main():
     print(f"oracle checks: {sum(c['ok'] for c in checks)}/{len(checks)} passed")
     print("bf16 ms, density 1.0 / 0.3; last column: study forward+backward at 0.3 over the default op at 1.0")
     heads = ("default fwd", "default f+b", "study fwd", "study f+b")
-    print(f"{'stage':>7} | " + " | ".join(f"{h:>11}" for h in heads) + " | mma fwd (P) | tcs fwd (P) | ratio")
+    tail = " | mma fwd (P) | tcs fwd (P) | tcs_pc fwd (P) | ratio"
+    print(f"{'stage':>7} | " + " | ".join(f"{h:>11}" for h in heads) + tail)
     for r in rows:
         d1, d3 = r["d1.0"], r["d0.3"]
 
@@ -415,7 +431,7 @@ def main():
             k = min(keys, key=lambda k: d3[k]["fwd_ms"])
             return f"{pair(k, 'fwd_ms')}({k.split('P')[-1]})"
 
-        mma = best("mma") + " | " + best("tcs")
+        mma = " | ".join(best(prefix) for prefix in ("mma", "tcs_fwd", "tcs_pc"))
         ratio = d3["study"]["fwdbwd_ms"] / d1["default"]["fwdbwd_ms"]
         cells = " | ".join(
             pair(n, k)
