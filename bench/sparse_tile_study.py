@@ -1,7 +1,7 @@
 """Study for the density figure of the CUDA op: forward and backward whose work is proportional
 to the active small kernels, against the dense default op (GPU).
 
-    PYTHONPATH=src python bench/sparse_tile_study.py [--out DIR] [--profile | --sweep]
+    PYTHONPATH=src python bench/sparse_tile_study.py [--out DIR] [--profile | --sweep | --check]
 
 The kernels of bench/sparse_tile_study.cu: ``swc_sp_fwd`` / ``swc_sp_bwd`` (CUDA cores: 4 x 4
 output tiles per thread, responses stored row-major and transposed so every gather is an aligned
@@ -18,6 +18,7 @@ Writes sparse_tile_study_<GPU>.json to bench/results/ (and to --out) and prints 
 --profile: stage 1, density 0.3, the study kernels only, a few launches (for ncu).
 --sweep: study_tcs_fwd over densities 0 / 0.1 / 0.3 / 0.6 / 1.0 at each stage (fixed and
 per-kernel cost); writes sparse_tile_study_sweep_<GPU>.json.
+--check: the oracle checks only; writes sparse_tile_study_checks_<GPU>.json.
 """
 
 from __future__ import annotations
@@ -145,18 +146,28 @@ def _bf16_pitch(n: int) -> int:
     return 8 * (p if p % 2 else p + 1)
 
 
+def _bf16_planes(H: int, W: int, nk: int, ks: int, m: int) -> tuple[int, int, int, int, int, int]:
+    """(LOV, RV, LOH, RH, PVB, PHB) of the bf16 V and H planes of the tensor-core forwards: the
+    forward geometry with bf16 pitches."""
+    return (*geometry(H, W, nk, ks, m, False), _bf16_pitch(_round_up(W, 4)), _bf16_pitch(_round_up(H, 4)))
+
+
+def _gather_warps(P: int, H: int, W: int) -> int:
+    """Warps of 16-line gather stripes: V lines (image rows), then H lines (image columns)."""
+    return math.ceil(P * H / 16) + math.ceil(P * W / 16)
+
+
 def mma_plan(H: int, W: int, nk: int, nrep: int, m: int, P: int) -> tuple[int, int, tuple] | None:
     """(threads, smem, extra ints) of study_sp_mma_fwd with P images per block, or None."""
     r = K_SMALL // 2
     Hp, Wp = _round_up(H, 4), _round_up(W, 4)
-    lov, rv, loh, rh = geometry(H, W, nk, K_SMALL, m, False)
-    pvb, phb = _bf16_pitch(Wp), _bf16_pitch(Hp)
-    warps = math.ceil(P * H / 16) + math.ceil(P * W / 16)
-    threads = max(32 * warps, _round_up(P * (Hp // 4) * (Wp // 4), 32))
+    planes = _bf16_planes(H, W, nk, K_SMALL, m)
+    _, rv, _, rh, pvb, phb = planes
+    threads = max(32 * _gather_warps(P, H, W), _round_up(P * (Hp // 4) * (Wp // 4), 32))
     smem = 4 * P * (Hp + 4 * r) * (Wp + 8) + 2 * P * (rv * pvb + rh * phb) + 4 * _table_words(nk, nrep, K_SMALL)
     if threads > MMA_MAX_THREADS or smem > swc._smem_optin(0):
         return None
-    return threads, smem, (lov, rv, loh, rh, pvb, phb)
+    return threads, smem, planes
 
 
 def tcs_plan(
@@ -169,11 +180,11 @@ def tcs_plan(
     response stripes per warp; study_tcs_pc_fwd a warp per response stripe, then one per gather
     stripe."""
     r = ks // 2
-    lov, rv, loh, rh = geometry(H, W, nk, ks, m, False)
-    pvb, phb = _bf16_pitch(_round_up(W, 4)), _bf16_pitch(_round_up(H, 4))
+    planes = _bf16_planes(H, W, nk, ks, m)
+    _, rv, _, rh, pvb, phb = planes
     xl0 = (H + 4 * r) * _bf16_pitch(_round_up(W, 8) + 8)
     xl1 = (W + 4 * r) * _bf16_pitch(_round_up(H, 8) + 8)
-    gather_warps = math.ceil(P * H / 16) + math.ceil(P * W / 16)
+    gather_warps = _gather_warps(P, H, W)
     response_stripes = math.ceil(P * (H + 2 * r) / 16) + math.ceil(P * (W + 2 * r) / 16)
     threads = 32 * (gather_warps + response_stripes if split else gather_warps)
     if not split and response_stripes > 2 * gather_warps:
@@ -181,7 +192,7 @@ def tcs_plan(
     smem = 2 * P * (xl0 + xl1 + 2 * (rv * pvb + rh * phb)) + 4 * _table_words(nk, nrep, ks) + 8 * nk * 2 * ks * 32
     if threads > MMA_MAX_THREADS or smem > swc._smem_optin(0) or max(H, W) > 64:
         return None
-    return threads, smem, (lov, rv, loh, rh, pvb, phb)
+    return threads, smem, planes
 
 
 class Study:
@@ -390,10 +401,22 @@ def main():
     ap.add_argument("--out", default=os.environ.get("OUT"))
     ap.add_argument("--profile", action="store_true", help="stage 1, density 0.3, study kernels only (for ncu)")
     ap.add_argument("--sweep", action="store_true", help="study_tcs_fwd over densities 0-1 at each stage")
+    ap.add_argument("--check", action="store_true", help="the oracle checks only")
     args = ap.parse_args()
     t0 = time.time()
     if args.profile:
         run(True)
+        return
+    if args.check:
+        checks = check()
+        write_results(
+            "sparse_tile_study_checks",
+            "PYTHONPATH=src python bench/sparse_tile_study.py --check",
+            "float64 oracle, the GPU tests' tolerances",
+            {"checks": checks, "passed": sum(c["ok"] for c in checks), "wall_s": time.time() - t0},
+            args.out,
+        )
+        print(f"oracle checks: {sum(c['ok'] for c in checks)}/{len(checks)} passed")
         return
     if args.sweep:
         write_results(
