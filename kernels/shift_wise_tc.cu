@@ -194,9 +194,13 @@ __device__ __forceinline__ void zero_smem(void* p, int bytes) {
 }
 
 // One 16-row tile (rows R = mt*16 ..) of a long-axis pass: R = image * nlines + line, output
-// columns [0, ncol). Accumulates into acc[n-tile][4] (C fragment layout).
-__device__ __forceinline__ void tpass(float (&acc)[8][4], const u16* S, int SR, int SP, int nlines, int nrows, int ncol,
-                                      int mt, const frag2* tb, int dmin, int nd, const u16* zl) {
+// columns [0, ncol), NNT = ceil(ncol / 8) n-tiles. Accumulates into acc[n-tile][4] (C fragment
+// layout). NNT is a template parameter (tpass dispatches on it): with a run-time count the compiler
+// issued all eight n-tiles' mma under predicates, and predicated-off HMMA still take tensor-pipe
+// cycles (ncu: 1.5 / 2.2 / 4x the HMMA needed in the forward at SW-T stages 1-3).
+template <int NNT>
+__device__ __forceinline__ void tpass_nt(float (&acc)[8][4], const u16* S, int SR, int SP, int nlines, int nrows,
+                                         int ncol, int mt, const frag2* tb, int dmin, int nd, const u16* zl) {
     const int lane = threadIdx.x & 31;
     const int R = mt * 16 + (lane & 15);
     int base = -1;
@@ -204,7 +208,7 @@ __device__ __forceinline__ void tpass(float (&acc)[8][4], const u16* S, int SR, 
         const int p = R / nlines;
         base = p * SR + (R - p * nlines);
     }
-    const int NKC = (ncol + 15) >> 4, NNT = (ncol + 7) >> 3;
+    const int NKC = (ncol + 15) >> 4;
     const int coff = (lane >> 4) * 8;
     for (int u = 0; u < KS; ++u) {
         const u32 row = saddr((base >= 0 ? S + (base + u) * SP : zl) + coff);
@@ -213,15 +217,26 @@ __device__ __forceinline__ void tpass(float (&acc)[8][4], const u16* S, int SR, 
             u32 a0, a1, a2, a3;
             ldsm_x4(row + kc * 32, a0, a1, a2, a3);
 #pragma unroll
-            for (int nt = 0; nt < 8; ++nt) {
+            for (int nt = 0; nt < NNT; ++nt) {
                 const int dd = 2 * kc - nt - dmin;
-                if (nt < NNT && dd >= 0 && dd < nd) {
+                if (dd >= 0 && dd < nd) {
                     const frag2 b = tu[dd * 32];
                     mma16816(acc[nt], a0, a1, a2, a3, b.x, b.y);
                 }
             }
         }
     }
+}
+
+__device__ __forceinline__ void tpass(float (&acc)[8][4], const u16* S, int SR, int SP, int nlines, int nrows, int ncol,
+                                      int mt, const frag2* tb, int dmin, int nd, const u16* zl) {
+#define TPASS_CASE(n) \
+    case n: tpass_nt<n>(acc, S, SR, SP, nlines, nrows, ncol, mt, tb, dmin, nd, zl); break;
+    switch ((ncol + 7) >> 3) {
+        TPASS_CASE(1) TPASS_CASE(2) TPASS_CASE(3) TPASS_CASE(4) TPASS_CASE(5) TPASS_CASE(6) TPASS_CASE(7)
+        default: tpass_nt<8>(acc, S, SR, SP, nlines, nrows, ncol, mt, tb, dmin, nd, zl);
+    }
+#undef TPASS_CASE
 }
 
 __device__ __forceinline__ void zero_acc(float (&acc)[8][4]) {
@@ -417,6 +432,7 @@ swc_tc_fwd(const u16* __restrict__ x, const float* __restrict__ w, const int* __
 
     const int MH = (np * H + 15) >> 4, MV = (np * W + 15) >> 4;
     float acc[8][4];
+    // a call site per pass: one shared call site (selected arguments) ran the forward 8-13 % slower
     for (int it = warp; it < 2 * MH + MV; it += NWARP) {
         zero_acc(acc);
         if (it < MH) {
@@ -438,9 +454,11 @@ swc_tc_fwd(const u16* __restrict__ x, const float* __restrict__ w, const int* __
 // summed over the images p0 .. p1. A and B are staged planes (line = index + RS). Tile (mt, nt)
 // holds the taps 8d + mm + e, d = 2*mt - nt, e = g - 2t4 + {0, -1, 8, 7} for the four C registers.
 // ---------------------------------------------------------------------------------------------
-__device__ __forceinline__ void dwpass(float* tap, float* scr, const u16* A, int ASR, int ASP, int Mext,
-                                       const u16* Bm, int BSR, int BSP, int Next, int Kext, int mp, int p0, int p1,
-                                       int shift, int Lt, int mm, const u16* zl) {
+// NT = ceil(Next / 8) n-tiles, a template parameter for the reason given at tpass_nt.
+template <int NT>
+__device__ __forceinline__ void dwpass_nt(float* tap, float* scr, const u16* A, int ASR, int ASP, int Mext,
+                                          const u16* Bm, int BSR, int BSP, int Next, int Kext, int mp, int p0, int p1,
+                                          int shift, int Lt, int mm, const u16* zl) {
     // two row tiles mt = 2mp, 2mp+1 share the B fragments; tile (mt, nt) has d = 2mt - nt, so the
     // accumulator index j = 2(mt - 2mp) - nt + 7 (0..9) collects the tiles with equal taps
     const int lane = threadIdx.x & 31;
@@ -449,17 +467,16 @@ __device__ __forceinline__ void dwpass(float* tap, float* scr, const u16* A, int
     for (int i = 0; i < 10; ++i)
 #pragma unroll
         for (int q = 0; q < 4; ++q) acc[i][q] = 0.f;
-    const int NT = (Next + 7) >> 3, KC = (Kext + 15) >> 4, MT = (Mext + 15) >> 4;
+    const int KC = (Kext + 15) >> 4, MT = (Mext + 15) >> 4;
     const int d0 = 4 * mp - 7;  // d of accumulator 0
     for (int pk = p0 * KC; pk < p1 * KC; ++pk) {
         const int p = pk / KC, kc = pk - p * KC;
         const int kr = kc * 16 + (lane & 15);
         const int bl = kr - shift + 2 * RS;
         const u16* brow = (kr < Kext && bl < BSR) ? Bm + (p * BSR + bl) * BSP : zl;
-        u32 b[8][2];
+        u32 b[NT][2];
 #pragma unroll
-        for (int nt = 0; nt < 8; ++nt)
-            if (nt < NT) ldsm_x2_t(saddr(brow + nt * 8), b[nt][0], b[nt][1]);
+        for (int nt = 0; nt < NT; ++nt) ldsm_x2_t(saddr(brow + nt * 8), b[nt][0], b[nt][1]);
 #pragma unroll
         for (int ml = 0; ml < 2; ++ml) {
             const int mt = 2 * mp + ml;
@@ -469,9 +486,9 @@ __device__ __forceinline__ void dwpass(float* tap, float* scr, const u16* A, int
                 u32 a0, a1, a2, a3;
                 ldsm_x4(saddr(arow + kc * 16 + (lane >> 4) * 8), a0, a1, a2, a3);
 #pragma unroll
-                for (int nt = 0; nt < 8; ++nt) {
+                for (int nt = 0; nt < NT; ++nt) {
                     const int d8 = 8 * (2 * mt - nt) + mm;
-                    if (nt < NT && d8 + 15 >= 0 && d8 - 7 <= Lt - 1)
+                    if (d8 + 15 >= 0 && d8 - 7 <= Lt - 1)
                         mma16816(acc[2 * ml - nt + 7], a0, a1, a2, a3, b[nt][0], b[nt][1]);
                 }
             }
@@ -506,6 +523,18 @@ __device__ __forceinline__ void dwpass(float* tap, float* scr, const u16* A, int
         }
     }
     __syncwarp();
+}
+
+__device__ __forceinline__ void dwpass(float* tap, float* scr, const u16* A, int ASR, int ASP, int Mext,
+                                       const u16* Bm, int BSR, int BSP, int Next, int Kext, int mp, int p0, int p1,
+                                       int shift, int Lt, int mm, const u16* zl) {
+#define DWPASS_CASE(n) \
+    case n: dwpass_nt<n>(tap, scr, A, ASR, ASP, Mext, Bm, BSR, BSP, Next, Kext, mp, p0, p1, shift, Lt, mm, zl); break;
+    switch ((Next + 7) >> 3) {
+        DWPASS_CASE(1) DWPASS_CASE(2) DWPASS_CASE(3) DWPASS_CASE(4) DWPASS_CASE(5) DWPASS_CASE(6) DWPASS_CASE(7)
+        default: dwpass_nt<8>(tap, scr, A, ASR, ASP, Mext, Bm, BSR, BSP, Next, Kext, mp, p0, p1, shift, Lt, mm, zl);
+    }
+#undef DWPASS_CASE
 }
 
 // grad_x (written once per element) and per-block cross-kernel gradients
@@ -586,22 +615,27 @@ swc_tc_bwd(const u16* __restrict__ x, const u16* __restrict__ g_h, const u16* __
             const int p0 = ch * np / NCH, p1 = (ch + 1) * np / NCH;
             const int per_u = 2 * MTW + MTH, u = pt / per_u;
             int r = pt - u * per_u;
-            if (r < MTW) {  // wh: D[w', w] = sum_h x[h][w'] gH[h - u + RS][w], t = w' - w + m
-                dwpass(mytap + u * L, myscr, sxt, SRv, SPv, W, sgh, SRh, SPh, W, H, r, p0, p1, u, L, m, hd.zl);
-            } else if ((r -= MTW) < MTH) {  // wv: D[h', h] = sum_w x[h'][w] gV[h][w - v + RS], t = h' - h + m
-                dwpass(mytap + (KS + u) * L, myscr, sx, SRh, SPh, H, sgvt, SRv, SPv, H, W, r, p0, p1, u, L, m, hd.zl);
-            } else {  // wi: D[w', w] = sum_h x[h][w'] gI[h - u + RS][w], v = w' - w + RS
-                r -= MTH;
-                dwpass(mytap + (2 * KS + u) * L, myscr, sxt, SRv, SPv, W, sgi, SRh, SPh, W, H, r, p0, p1, u, KS, RS, hd.zl);
-            }
+            // wh: D[w', w] = sum_h x[h][w'] gH[h - u + RS][w], t = w' - w + m
+            // wv: D[h', h] = sum_w x[h'][w] gV[h][w - v + RS], t = h' - h + m
+            // wi: D[w', w] = sum_h x[h][w'] gI[h - u + RS][w], v = w' - w + RS
+            // one dwpass call site: each instantiates dwpass_nt eight times, and three pushed the
+            // backward past its 128-register cap (8 bytes of spills)
+            const int pass = r < MTW ? 0 : (r < MTW + MTH ? 1 : 2);
+            r -= pass == 0 ? 0 : (pass == 1 ? MTW : MTW + MTH);
+            const bool v = pass == 1;
+            dwpass(mytap + (pass * KS + u) * L, myscr, v ? sx : sxt, v ? SRh : SRv, v ? SPh : SPv, v ? H : W,
+                   pass == 0 ? sgh : (v ? sgvt : sgi), v ? SRv : SRh, v ? SPv : SPh, v ? H : W, v ? W : H, r, p0, p1,
+                   u, pass == 2 ? KS : L, pass == 2 ? RS : m, hd.zl);
         }
     }
     __syncthreads();
     // phase 2: horizontal + identity parts of grad_x, plus the vertical part from sgx
     for (int it = warp; it < MH; it += NWARP) {
         zero_acc(acc);
-        tpass(acc, sgh, SRh, SPh, H, np * H, W, it, hd.tH, hd.dmH, hd.ndH, hd.zl);
-        tpass(acc, sgi, SRh, SPh, H, np * H, W, it, hd.tI, hd.dmI, hd.ndI, hd.zl);
+#pragma unroll 1
+        for (int pass = 0; pass < 2; ++pass)  // horizontal, identity: one call site
+            tpass(acc, pass ? sgi : sgh, SRh, SPh, H, np * H, W, it, pass ? hd.tI : hd.tH, pass ? hd.dmI : hd.dmH,
+                  pass ? hd.ndI : hd.ndH, hd.zl);
         store_tile(acc, grad_x, sgx, b0, C, c, H, W, H, np * H, W, it, false);
     }
     // cross-kernel gradient partial of this block: fixed-order sum over warps
