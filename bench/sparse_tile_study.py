@@ -45,6 +45,7 @@ MAX_THREADS, MIN_BLOCKS = 256, 2  # MAXT / MINB of swc_sp_fwd / swc_sp_bwd
 MMA_MAX_THREADS = 512  # launch bound of study_sp_mma_fwd
 TOL = {torch.float32: (2e-6, 1e-5), torch.bfloat16: (1.5e-2, 2.5e-2)}  # outputs, gradients
 _modules: dict[tuple, tuple] = {}
+TCS_BEST_P = {56: 1, 28: 1, 14: 4, 7: 4}  # images per block of study_tcs_fwd at density 0.3, by plane size
 
 
 def _functions(dtype: torch.dtype, ks: int) -> tuple:
@@ -373,24 +374,23 @@ def run(profile: bool) -> list[dict]:
 def sweep() -> list[dict]:
     """study_tcs_fwd and study_tcs_pc_fwd over densities 0-1 at each stage (study_tcs_fwd's fastest
     P at density 0.3): splits their time into a fixed part and a part per active kernel."""
-    best_P = {56: 1, 28: 1, 14: 4, 7: 4}
     rows = []
     for C, H, K in STAGES:
         nk = math.ceil(K / K_SMALL)
         study = Study(torch.bfloat16, B, C, H, H, nk, N_REP, K_SMALL, K)
         study.poison = False
-        launches = {name: study.tcs_launch(best_P[H], K, name.endswith("pc")) for name in ("tcs", "tcs_pc")}
+        launches = {name: study.tcs_launch(TCS_BEST_P[H], K, name.endswith("pc")) for name in ("tcs", "tcs_pc")}
         for density in (0.0, 0.1, 0.3, 0.6, 1.0):
             x, w, _, tables, active = _inputs(B, C, H, H, K_SMALL, K, N_REP, density, torch.bfloat16, 0)
             if density == 1.0:
                 active[:] = True
             act8 = active.to(torch.uint8)
-            row = {"C_rep": C, "H": H, "P": best_P[H], "density": active.float().mean().item()}
+            row = {"C_rep": C, "H": H, "P": TCS_BEST_P[H], "density": active.float().mean().item()}
             for name, launch in launches.items():
                 row[f"{name}_fwd_ms"] = bench(lambda launch=launch: study.forward(x, w, tables, act8, launch))
             rows.append(row)
             print(
-                f"{C:>4}@{H:<2} P={best_P[H]} density {row['density']:.3f}: study_tcs_fwd {row['tcs_fwd_ms']:.3f} "
+                f"{C:>4}@{H:<2} P={TCS_BEST_P[H]} density {row['density']:.3f}: study_tcs_fwd {row['tcs_fwd_ms']:.3f} "
                 f"ms, study_tcs_pc_fwd {row['tcs_pc_fwd_ms']:.3f} ms"
             )
     return rows
