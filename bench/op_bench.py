@@ -198,7 +198,7 @@ def run(quick: bool):
                         row[f"v2_d{d}"] = dict(zip(("fwd_ms", "bwd_ms", "fwdbwd_ms"), time_ours(masks[d])))
                 row["v2_density0.3_over_dense_fwdbwd"] = row["v2_d0.3"]["fwdbwd_ms"] / row["v2_d1.0"]["fwdbwd_ms"]
                 if row["kernel_info"]["version"] != "tc":
-                    # auto leaves planes up to 8 x 8 to v2 (cuda._TC_MIN_PLANE): the tensor-core kernels forced
+                    # auto leaves planes up to 6 x 6 to v2 (cuda._TC_MIN_PLANE): the tensor-core kernels forced
                     with forced_kernel("tc"):
                         row["tc_d1.0"] = dict(zip(("fwd_ms", "bwd_ms", "fwdbwd_ms"), time_ours(masks[1.0])))
             # GPU-only forward+backward time, dense and at density 0.3: replay a captured CUDA graph

@@ -532,11 +532,12 @@ _fwd_op.register_autograd(_backward, setup_context=_setup_context)
 # ----------------------------------------------------------------------------------------------
 _TC_DTYPES = {torch.float16: 1, torch.bfloat16: 2}
 _TC_MAX_PLANE = 64
-# "auto" leaves planes up to 8 x 8 to v2: at SW-T stage 4 (7 x 7, bf16, H200; op_bench "tc_d1.0")
-# tc runs the forward faster (0.09 vs 0.13 ms) but the backward slower (0.34 vs 0.29 ms): its
-# 16 x 8 tiles fit 7-wide lines and a 13-tap kernel poorly; v2 also gets cheaper with density
-# (0.58x at 0.3)
-_TC_MIN_PLANE = 8
+# "auto" leaves planes up to 6 x 6 to v2. At SW-T stage 4 (7 x 7, bf16, H200; op_bench run 11,
+# "tc_d1.0") tc takes 0.083 / 0.200 ms forward / backward against v2's 0.129 / 0.286 since its
+# tile loops have compile-time n-tile counts (before: 0.094 / 0.336, and v2 was kept). v2 gets
+# cheaper with density and is the faster of the two below about density 0.4 there (0.080 / 0.166
+# at 0.3); the recipe trains at 0.7. Smaller planes were not measured.
+_TC_MIN_PLANE = 6
 _TC_THREADS = 256  # NWARP * 32 in the kernel
 # swc_cross_grad: one block per channel, a thread per cross-kernel tap (3 k L = 432-459 at the
 # SW-T stages) summing the batch blocks' partials; 256 threads took two rounds
