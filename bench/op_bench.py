@@ -86,8 +86,11 @@ def toeplitz_block_occupancy(perm: torch.Tensor, active: torch.Tensor, big_kerne
     for g in range(n_rep):  # slot s of group g holds kernel perm[g, c, s]
         slot_on |= torch.gather(on, 1, perm[g].long().cpu())
     tap_on = slot_on.repeat_interleave(K_SMALL, 1)
+    from swconv.ops.cuda import tc_table_geo
+
     L, m = nk * K_SMALL, big_kernel // 2
-    spans = [(max(8 * d + m - 7, 0), min(8 * d + m + 15, L - 1)) for d in range(-((15 + m) // 8), (L + 6 - m) // 8 + 1)]
+    dmin, nd = tc_table_geo(L, m)
+    spans = [(max(8 * d + m - 7, 0), min(8 * d + m + 15, L - 1)) for d in range(dmin, dmin + nd)]
     hit = [tap_on[:, lo : hi + 1].any(1) for lo, hi in spans if lo <= hi]
     return torch.stack(hit).float().mean().item()
 

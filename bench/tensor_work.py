@@ -35,6 +35,8 @@ from pathlib import Path
 import torch
 from op_bench import K_SMALL, N_REP, STAGES, B, write_results
 
+from swconv.ops import cuda as swc
+
 HERE = Path(__file__).resolve().parent
 PROFILED_STAGES = (1, 2, 3)  # stage 4 runs the CUDA-core v2 kernels, not tc
 METRICS = (
@@ -47,18 +49,12 @@ METRICS = (
 )
 
 
-def _table_geo(taps: int, tap_offset: int) -> tuple[int, int]:
-    """(dmin, nd) of kernels/shift_wise_tc.cu:table_geo (Python's // is the kernel's floordiv8)."""
-    dmin = -((15 + tap_offset) // 8)
-    return dmin, (taps + 6 - tap_offset) // 8 - dmin + 1
-
-
 def _tile_hmma(ncol: int, taps: int, tap_offset: int, ks: int) -> tuple[int, int]:
     """(issued, needed) mma.sync of tpass for one 16-row tile of a pass over ncol output columns.
     issued: all NKC x NNT blocks of each tap, as when every band test compiles to a predicate
     (predicated-off HMMA still take tensor-pipe cycles); the compiler branches around some, so
     this is an upper bound. needed: the blocks inside the Toeplitz band."""
-    dmin, nd = _table_geo(taps, tap_offset)
+    dmin, nd = swc.tc_table_geo(taps, tap_offset)
     nkc, nnt = (ncol + 15) // 16, (ncol + 7) // 8
     needed = sum(1 for kc in range(nkc) for nt in range(nnt) if 0 <= 2 * kc - nt - dmin < nd)
     return ks * nkc * nnt, ks * needed
@@ -134,8 +130,6 @@ def _ncu(cmd: list[str], kernel: str, skip: int, count: int, metrics: list[str])
 def measure() -> dict:
     from sparse_tile_study import TCS_BEST_P, _inputs
 
-    from swconv.ops import cuda as swc
-
     metrics = _available(METRICS)
     py = sys.executable
     rows = []
@@ -158,7 +152,6 @@ def measure() -> dict:
             row[f"tcs_fwd_d{density}"] = rec
         rows.append(row)
         print(f"stage {stage} done", flush=True)
-    torch.cuda.synchronize()
     return {"metrics": metrics, "rows": rows}
 
 

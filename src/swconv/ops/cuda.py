@@ -580,16 +580,20 @@ def _r16(nbytes: int) -> int:
     return (nbytes + 15) & ~15
 
 
-def _table_nd(taps: int, tap_offset: int) -> int:
-    return (taps + 6 - tap_offset) // 8 + (15 + tap_offset) // 8 + 1
+def tc_table_geo(taps: int, tap_offset: int) -> tuple[int, int]:
+    """(dmin, nd) of the kernel's table_geo: the 16 x 8 Toeplitz blocks of a pass with ``taps``
+    long-axis taps starting ``tap_offset`` left of the output are d in [dmin, dmin + nd), block d
+    covering the taps 8d + tap_offset - 7 ... 8d + tap_offset + 15 (Python's // is floordiv8)."""
+    dmin = -((15 + tap_offset) // 8)
+    return dmin, (taps + 6 - tap_offset) // 8 - dmin + 1
 
 
 def tc_smem_bytes(backward: bool, P: int, H: int, W: int, L: int, m: int, ks: int) -> int:
     """Dynamic shared memory of swc_tc_fwd / swc_tc_bwd (mirrors the kernel's carve-up)."""
     r = ks // 2
     sph, spv = _pitch(W), _pitch(H)
-    nd_long = _table_nd(L, L - 1 - m if backward else m)
-    nd_id = _table_nd(ks, r)
+    nd_long = tc_table_geo(L, L - 1 - m if backward else m)[1]
+    nd_id = tc_table_geo(ks, r)[1]
     head = _r16(2 * max(sph, spv)) + _r16(4 * (2 * ks * L + ks * ks)) + ks * (2 * nd_long + nd_id) * 256
     rows, cols = P * (H + 2 * r) * sph * 2, P * (W + 2 * r) * spv * 2
     if not backward:
