@@ -618,8 +618,8 @@ swc_tc_bwd(const u16* __restrict__ x, const u16* __restrict__ g_h, const u16* __
             // wh: D[w', w] = sum_h x[h][w'] gH[h - u + RS][w], t = w' - w + m
             // wv: D[h', h] = sum_w x[h'][w] gV[h][w - v + RS], t = h' - h + m
             // wi: D[w', w] = sum_h x[h][w'] gI[h - u + RS][w], v = w' - w + RS
-            // one dwpass call site: each instantiates dwpass_nt eight times, and three pushed the
-            // backward past its 128-register cap (8 bytes of spills)
+            // one dwpass call site: each instantiates dwpass_nt eight times, and with three (and
+            // two tpass sites in phase 2) the backward hit its 128-register cap and spilled 8 bytes
             const int pass = r < MTW ? 0 : (r < MTW + MTH ? 1 : 2);
             r -= pass == 0 ? 0 : (pass == 1 ? MTW : MTW + MTH);
             const bool v = pass == 1;

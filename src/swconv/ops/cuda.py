@@ -535,8 +535,9 @@ _TC_MAX_PLANE = 64
 # "auto" leaves planes up to 6 x 6 to v2. At SW-T stage 4 (7 x 7, bf16, H200; op_bench run 11,
 # "tc_d1.0") tc takes 0.083 / 0.200 ms forward / backward against v2's 0.129 / 0.286 since its
 # tile loops have compile-time n-tile counts (before: 0.094 / 0.336, and v2 was kept). v2 gets
-# cheaper with density and is the faster of the two below about density 0.4 there (0.080 / 0.166
-# at 0.3); the recipe trains at 0.7. Smaller planes were not measured.
+# cheaper with density: interpolating its graph times (0.238 ms at density 0.3, 0.409 at 1.0)
+# against tc's 0.283 puts the break-even near density 0.5; the recipe trains at 0.7. Smaller
+# planes were not measured.
 _TC_MIN_PLANE = 6
 _TC_THREADS = 256  # NWARP * 32 in the kernel
 # swc_cross_grad: one block per channel, a thread per cross-kernel tap (3 k L = 432-459 at the
