@@ -3,8 +3,9 @@
 // math and determinism argument in kernels/README.md ("Tensor-core path").
 //
 // The three branches are depthwise convolutions with the per-channel cross kernels assembled from
-// the masked small kernels (per block, cross_to_smem): wh (k x L, horizontal), wv (stored [v][t], the
-// transposed L x k vertical bar) and wi (k x k identity), L = nk*k. Along the long axis each one is
+// the masked small kernels (per forward block, cross_to_smem; the backward copies the forward's
+// tables): wh (k x L, horizontal), wv (stored [v][t], the transposed L x k vertical bar) and wi
+// (k x k identity), L = nk*k. Along the long axis each one is
 // a Toeplitz matrix, so for one channel and one short-axis tap u a branch is the GEMM
 //     out[(image, line), col] += A[(image, line), q] * T_u[q, col],   A = staged input lines, T_u[q, col] = w[u][q - col + TO]
 // run with mma.sync m16n8k16 (A through ldmatrix from shared memory, T_u from a per-block fragment
@@ -291,32 +292,49 @@ __device__ __forceinline__ void store_tile(const float (&acc)[8][4], u16* __rest
 // Channel c's masked cross kernels into shared memory, wt = [wh KS*L][wv KS*L][wi KS*KS]:
 // wh[u][t]: tile s = t / k, column t % k of horizontal slot s;  wv[v][t]: the vertical bar
 // transposed (long-axis tap t, short-axis v);  wi[u][v]. Fixed summation order over the groups.
-// Every block builds its own (a few hundred taps): cheaper than a separate launch and buffer.
+// Every forward block of the channel repeats this (the backward copies the tables the forward
+// built: store_backward_tables). A tap's chain perm -> (mask, weight) is two dependent global
+// reads per group, so a thread reads the kernel indices of GB groups at once, then their masks
+// and weights at once.
 // ---------------------------------------------------------------------------------------------
 __device__ void cross_to_smem(float* wt, const float* __restrict__ w, const int* __restrict__ perm_h,
                               const int* __restrict__ perm_v, const int* __restrict__ ident,
                               const unsigned char* __restrict__ active, int c, int C, int nk, int nrep) {
+    constexpr int GB = 4;
     const int L = nk * KS, nhv = KS * L;
     const float* wc = w + (long long)c * nk * KS * KS;
     const unsigned char* ac = active + (long long)c * nk;
     for (int e = threadIdx.x; e < 2 * nhv + KS * KS; e += NTHR) {
-        float s = 0.f;
+        const int* src;  // kernel index of group g: src[g * gstride]
+        long long gstride;
+        int q;  // element of the small kernel
         if (e < 2 * nhv) {
             const bool vert = e >= nhv;
             const int f = vert ? e - nhv : e;
             const int u = f / L, t = f - u * L, sl = t / KS, b = t - sl * KS;
-            const int* perm = (vert ? perm_v : perm_h) + (long long)c * nk + sl;
-            const int q = vert ? b * KS + u : u * KS + b;
-            for (int g = 0; g < nrep; ++g) {
-                const int j = perm[(long long)g * C * nk];
-                if (ac[j]) s += wc[j * KS * KS + q];
-            }
+            src = (vert ? perm_v : perm_h) + (long long)c * nk + sl;
+            gstride = (long long)C * nk;
+            q = vert ? b * KS + u : u * KS + b;
         } else {
-            const int f = e - 2 * nhv;
-            for (int g = 0; g < nrep; ++g) {
-                const int j = ident[g * C + c];
-                if (ac[j]) s += wc[j * KS * KS + f];
+            src = ident + c;
+            gstride = C;
+            q = e - 2 * nhv;
+        }
+        float s = 0.f;
+        for (int g0 = 0; g0 < nrep; g0 += GB) {
+            int j[GB];
+#pragma unroll
+            for (int i = 0; i < GB; ++i) j[i] = g0 + i < nrep ? src[(g0 + i) * gstride] : -1;
+            float v[GB];
+            bool on[GB];
+#pragma unroll
+            for (int i = 0; i < GB; ++i) {
+                on[i] = j[i] >= 0 && ac[max(j[i], 0)];
+                v[i] = wc[max(j[i], 0) * KS * KS + q];
             }
+#pragma unroll
+            for (int i = 0; i < GB; ++i)
+                if (on[i]) s += v[i];
         }
         wt[e] = s;
     }
@@ -367,16 +385,17 @@ struct CrossHead {
     int dmH, ndH, dmI, ndI, zbytes;
 };
 
-// Lays the head out from `ptr` and advances `ptr` past it (same sizes as cuda.py:tc_smem_bytes).
-__device__ __forceinline__ CrossHead carve_head(unsigned char*& ptr, int L, int TO, int SPh, int SPv) {
+// Lays the head out from `ptr` and advances `ptr` past it (same sizes as cuda.py:tc_smem_bytes);
+// the cross kernels `wt` only with `cross` (the forward, which builds the tables from them).
+__device__ __forceinline__ CrossHead carve_head(unsigned char*& ptr, int L, int TO, int SPh, int SPv, bool cross) {
     CrossHead h;
     table_geo(L, TO, h.dmH, h.ndH);
     table_geo(KS, RS, h.dmI, h.ndI);
     h.zbytes = r16(2 * max(SPh, SPv));
     h.zl = (u16*)ptr;
     ptr += h.zbytes;
-    h.wt = (float*)ptr;
-    ptr += r16(4 * (2 * KS * L + KS * KS));
+    h.wt = cross ? (float*)ptr : nullptr;
+    if (cross) ptr += r16(4 * (2 * KS * L + KS * KS));
     h.tH = (frag2*)ptr;
     ptr += KS * h.ndH * 256;
     h.tV = (frag2*)ptr;
@@ -401,20 +420,46 @@ __device__ __forceinline__ void fill_head(const CrossHead& h, const float* __res
     build_table(h.tI, h.wt + 2 * KS * L, KS, RS, h.dmI, h.ndI, flip);
 }
 
+// frag2 entries of one channel's three fragment tables (tH, tV, tI: contiguous in the head).
+__device__ __forceinline__ int table_entries(const CrossHead& h) { return KS * (2 * h.ndH + h.ndI) * 32; }
+
+// The backward's fragment tables of channel c (the flipped cross kernels, tap offset TOb), built
+// by the forward's first block of the channel from the cross kernels it holds in `h.wt` (after
+// fill_head). Building them took 0.085 ms of the backward's 0.715 at SW-T stage 1 when every
+// backward block built its own: one block per channel now builds, the others copy (load_head).
+__device__ __forceinline__ void store_backward_tables(frag2* __restrict__ btab, const CrossHead& h, int c, int L,
+                                                      int TOb) {
+    int dmB, ndB;
+    table_geo(L, TOb, dmB, ndB);
+    frag2* dst = btab + (long long)c * KS * (2 * ndB + h.ndI) * 32;
+    build_table(dst, h.wt, L, TOb, dmB, ndB, true);
+    build_table(dst + KS * ndB * 32, h.wt + KS * L, L, TOb, dmB, ndB, true);
+    build_table(dst + 2 * KS * ndB * 32, h.wt + 2 * KS * L, KS, RS, h.dmI, h.ndI, true);
+}
+
+// Backward head: the zero line and channel c's tables copied from the forward's `btab`.
+__device__ __forceinline__ void load_head(const CrossHead& h, const frag2* __restrict__ btab, int c) {
+    zero_smem(h.zl, h.zbytes);
+    const int n = table_entries(h) / 2;  // 16-byte units
+    const quad* src = (const quad*)(btab + (long long)c * table_entries(h));
+    quad* dst = (quad*)h.tH;
+    for (int i = threadIdx.x; i < n; i += NTHR) dst[i] = src[i];
+}
+
 // ---------------------------------------------------------------------------------------------
 // Forward. Grid (C, ceil(B / P)); block (c, by) computes the P images b0 .. of channel c.
 // ---------------------------------------------------------------------------------------------
 extern "C" __global__ void __launch_bounds__(NTHR, FWD_MINB)
 swc_tc_fwd(const u16* __restrict__ x, const float* __restrict__ w, const int* __restrict__ perm_h,
            const int* __restrict__ perm_v, const int* __restrict__ ident, const unsigned char* __restrict__ active,
-           u16* __restrict__ out_h, u16* __restrict__ out_v, u16* __restrict__ out_i, int B, int C, int H, int W,
-           int nk, int nrep, int m, int P, int vec) {
+           u16* __restrict__ out_h, u16* __restrict__ out_v, u16* __restrict__ out_i, frag2* __restrict__ btab,
+           int B, int C, int H, int W, int nk, int nrep, int m, int P, int vec) {
     extern __shared__ __align__(16) unsigned char smem[];
     const int L = nk * KS, c = blockIdx.x, b0 = blockIdx.y * P, np = min(P, B - b0);
     const int warp = threadIdx.x >> 5;
     const int SRh = H + 2 * RS, SPh = pitch_of(W), SRv = W + 2 * RS, SPv = pitch_of(H);
     unsigned char* ptr = smem;
-    const CrossHead hd = carve_head(ptr, L, m, SPh, SPv);
+    const CrossHead hd = carve_head(ptr, L, m, SPh, SPv, true);
     u16* sx = (u16*)ptr;
     ptr += P * SRh * SPh * 2;
     u16* sxt = (u16*)ptr;
@@ -422,6 +467,7 @@ swc_tc_fwd(const u16* __restrict__ x, const float* __restrict__ w, const int* __
 
     zero_smem(sx, (int)(ptr - (unsigned char*)sx));
     fill_head(hd, w, perm_h, perm_v, ident, active, c, C, nk, nrep, m, false);
+    if (btab != nullptr && blockIdx.y == 0) store_backward_tables(btab, hd, c, L, L - 1 - m);
     {
         const u16* const src[1] = {x};
         u16* const rows[1] = {sx};
@@ -541,10 +587,8 @@ __device__ __forceinline__ void dwpass(float* tap, float* scr, const u16* A, int
 // part[by][c][3][KS][L] (0: wh, 1: wv, 2: wi in the first KS taps); swc_cross_grad sums them over by.
 extern "C" __global__ void __launch_bounds__(NTHR, BWD_MINB)
 swc_tc_bwd(const u16* __restrict__ x, const u16* __restrict__ g_h, const u16* __restrict__ g_v,
-           const u16* __restrict__ g_i, const float* __restrict__ w, const int* __restrict__ perm_h,
-           const int* __restrict__ perm_v, const int* __restrict__ ident, const unsigned char* __restrict__ active,
-           u16* __restrict__ grad_x, float* __restrict__ part, int B, int C, int H, int W, int nk, int nrep, int m,
-           int P, int vec) {
+           const u16* __restrict__ g_i, const frag2* __restrict__ btab, u16* __restrict__ grad_x,
+           float* __restrict__ part, int B, int C, int H, int W, int nk, int m, int P, int vec) {
     extern __shared__ __align__(16) unsigned char smem[];
     const int L = nk * KS, c = blockIdx.x, b0 = blockIdx.y * P, np = min(P, B - b0);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -553,7 +597,7 @@ swc_tc_bwd(const u16* __restrict__ x, const u16* __restrict__ g_h, const u16* __
     const int NPASS = 3 * KS;
 
     unsigned char* ptr = smem;
-    const CrossHead hd = carve_head(ptr, L, mf, SPh, SPv);
+    const CrossHead hd = carve_head(ptr, L, mf, SPh, SPv, false);
     float* scr = (float*)ptr;  // [NWARP][4][32]
     ptr += NWARP * 128 * 4;
     float* sgx = (float*)ptr;  // [P][H][W] vertical part of grad_x
@@ -574,7 +618,7 @@ swc_tc_bwd(const u16* __restrict__ x, const u16* __restrict__ g_h, const u16* __
 
     zero_smem(tapb, r16(NWARP * NPASS * L * 4));
     zero_smem(zero_from, (int)(ptr - zero_from));
-    fill_head(hd, w, perm_h, perm_v, ident, active, c, C, nk, nrep, mf, true);
+    load_head(hd, btab, c);
     {
         const u16* const src[4] = {x, g_h, g_i, g_v};
         u16* const rows[4] = {sx, sgh, sgi, nullptr};

@@ -191,7 +191,7 @@ class _Launch:
         stream = torch._C._cuda_getCurrentRawStream(device_index)
         gx, gy = self.grid
         with self._lock:
-            self._ptrs[:] = [t.data_ptr() for t in tensors]
+            self._ptrs[:] = [0 if t is None else t.data_ptr() for t in tensors]
             if late:
                 self._ints[self._n_fixed :] = list(late)
             try:
@@ -589,13 +589,22 @@ def tc_table_geo(taps: int, tap_offset: int) -> tuple[int, int]:
     return dmin, (taps + 6 - tap_offset) // 8 - dmin + 1
 
 
+def tc_backward_table_words(L: int, m: int, ks: int) -> int:
+    """int32 words per channel of the backward's fragment tables (the flipped cross kernels'
+    tH, tV, tI), which the forward's first block of each channel writes for the backward."""
+    nd_long, nd_id = tc_table_geo(L, L - 1 - m)[1], tc_table_geo(ks, ks // 2)[1]
+    return ks * (2 * nd_long + nd_id) * 32 * 2
+
+
 def tc_smem_bytes(backward: bool, P: int, H: int, W: int, L: int, m: int, ks: int) -> int:
     """Dynamic shared memory of swc_tc_fwd / swc_tc_bwd (mirrors the kernel's carve-up)."""
     r = ks // 2
     sph, spv = _pitch(W), _pitch(H)
     nd_long = tc_table_geo(L, L - 1 - m if backward else m)[1]
     nd_id = tc_table_geo(ks, r)[1]
-    head = _r16(2 * max(sph, spv)) + _r16(4 * (2 * ks * L + ks * ks)) + ks * (2 * nd_long + nd_id) * 256
+    # zero line, the forward's cross kernels (fp32), fragment tables
+    cross = 0 if backward else _r16(4 * (2 * ks * L + ks * ks))
+    head = _r16(2 * max(sph, spv)) + cross + ks * (2 * nd_long + nd_id) * 256
     rows, cols = P * (H + 2 * r) * sph * 2, P * (W + 2 * r) * spv * 2
     if not backward:
         return head + rows + cols
@@ -657,10 +666,10 @@ def _tc_launch_records(fns: tuple, B: int, C: int, H: int, W: int, nk: int, nrep
     (Pf, smem_f), (Pb, smem_b) = plans
     L, gy = nk * ks, (B + Pb - 1) // Pb
     return (
-        # x, w, perm_h, perm_v, identity_pick, active, 3 outputs
-        _Launch(fwd, (C, (B + Pf - 1) // Pf), _TC_THREADS, smem_f, 9, (B, C, H, W, nk, nrep, m, Pf), n_late=1),
-        # x, 3 grads, w, perm_h, perm_v, identity_pick, active, grad_x, partials
-        _Launch(bwd, (C, gy), _TC_THREADS, smem_b, 11, (B, C, H, W, nk, nrep, m, Pb), n_late=1),
+        # x, w, perm_h, perm_v, identity_pick, active, 3 outputs, backward tables (or None)
+        _Launch(fwd, (C, (B + Pf - 1) // Pf), _TC_THREADS, smem_f, 10, (B, C, H, W, nk, nrep, m, Pf), n_late=1),
+        # x, 3 grads, backward tables, grad_x, partials
+        _Launch(bwd, (C, gy), _TC_THREADS, smem_b, 7, (B, C, H, W, nk, m, Pb), n_late=1),
         # partials, offh, offv, idc, active, grad_w
         _Launch(cross_grad, (C, 1), _TC_CROSS_THREADS, 3 * ks * L * 4, 6, (C, nk, nrep, m, gy)),
     )
@@ -673,21 +682,27 @@ def _tc_launches(dtype: torch.dtype, B: int, C: int, H: int, W: int, nk: int, nr
     return _tc_launch_records(fns, B, C, H, W, nk, nrep, ks, m, _tc_plans(B, H, W, nk * ks, m, ks, idx))
 
 
-def _tc_forward(x, weight, perm_h, perm_v, identity_pick, active, big_kernel: int, launches=None):
-    """Launches swc_tc_fwd; returns (out_h, out_v, out_i). ``launches``: the shape's
-    ``_tc_launches`` when the caller has them."""
+def _tc_forward(x, weight, perm_h, perm_v, identity_pick, active, big_kernel: int, launches=None, for_backward=True):
+    """Launches swc_tc_fwd; returns (out_h, out_v, out_i, backward tables). The tables
+    (``tc_backward_table_words`` int32 per channel) are the backward's input; with
+    ``for_backward=False`` they are not built and None is returned in their place. ``launches``:
+    the shape's ``_tc_launches`` when the caller has them."""
     x = x.contiguous()
     B, C, H, W = x.shape
+    n_rep, _, nk = perm_h.shape
+    ks = weight.shape[-1]
     outs = [torch.empty_like(x, memory_format=torch.contiguous_format) for _ in range(3)]
+    btab = None
+    if for_backward:
+        words = tc_backward_table_words(nk * ks, big_kernel // 2, ks)
+        btab = torch.empty((C, words), dtype=torch.int32, device=x.device)
     if x.numel() == 0:
-        return tuple(o.zero_() for o in outs)
+        return (*(o.zero_() for o in outs), btab)
     idx = _dev_index(x)
     if launches is None:
-        n_rep, _, nk = perm_h.shape
-        launches = _tc_launches(x.dtype, B, C, H, W, nk, n_rep, weight.shape[-1], big_kernel // 2, idx)
-    fwd = launches[0]
-    fwd(idx, (x, weight, perm_h, perm_v, identity_pick, active, *outs), (_paired(W, x),))
-    return tuple(outs)
+        launches = _tc_launches(x.dtype, B, C, H, W, nk, n_rep, ks, big_kernel // 2, idx)
+    launches[0](idx, (x, weight, perm_h, perm_v, identity_pick, active, *outs, btab), (_paired(W, x),))
+    return (*outs, btab)
 
 
 @torch.library.custom_op("swconv::shift_wise_tc_fwd", mutates_args=())
@@ -702,7 +717,7 @@ def _tc_fwd_op(
     idc: torch.Tensor,
     active: torch.Tensor,
     big_kernel: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     # offh / offv / idc are the backward's tables: inputs here so the traced backward never has
     # to derive them from (fake) permutation tensors
     return _tc_forward(x, weight, perm_h, perm_v, identity_pick, active, big_kernel)
@@ -710,17 +725,17 @@ def _tc_fwd_op(
 
 @_tc_fwd_op.register_fake
 def _tc_fwd_fake(x, weight, perm_h, perm_v, identity_pick, offh, offv, idc, active, big_kernel):
-    return tuple(torch.empty(x.shape, dtype=x.dtype, device=x.device) for _ in range(3))
+    words = tc_backward_table_words(perm_h.shape[-1] * weight.shape[-1], big_kernel // 2, weight.shape[-1])
+    btab = torch.empty((x.shape[1], words), dtype=torch.int32, device=x.device)
+    return (*(torch.empty(x.shape, dtype=x.dtype, device=x.device) for _ in range(3)), btab)
 
 
-def _tc_backward_launch(
-    x, g_h, g_v, g_i, weight, perm_h, perm_v, identity_pick, offh, offv, idc, active, big_kernel, launches=None
-):
-    """Launches swc_tc_bwd + swc_cross_grad; returns (grad_x, grad of the summed small kernels)."""
+def _tc_backward_launch(x, g_h, g_v, g_i, btab, ks: int, offh, offv, idc, active, big_kernel: int, launches=None):
+    """Launches swc_tc_bwd + swc_cross_grad; returns (grad_x, grad of the summed small kernels).
+    ``btab``: the backward tables the forward returned for these weights, tables and mask."""
     x = x.contiguous()
     B, C, H, W = x.shape
     _, nk, n_rep = offh.shape
-    ks = weight.shape[-1]
     gx = torch.empty_like(x, memory_format=torch.contiguous_format)
     gw = torch.empty((C * nk, 1, ks, ks), dtype=torch.float32, device=x.device)
     if x.numel() == 0:
@@ -731,7 +746,7 @@ def _tc_backward_launch(
     _, bwd, cross_grad = launches
     part = torch.empty((bwd.grid[1], C, 3, ks, nk * ks), dtype=torch.float32, device=x.device)
     grads = [_as(t, x.dtype) for t in (g_h, g_v, g_i)]
-    bwd(idx, (x, *grads, weight, perm_h, perm_v, identity_pick, active, gx, part), (_paired(W, x, *grads),))
+    bwd(idx, (x, *grads, btab, gx, part), (_paired(W, x, *grads),))
     # the cross-kernel gradients of the gy batch blocks are summed in block order inside
     cross_grad(idx, (part, offh, offv, idc, active, gw))
     return gx, gw
@@ -743,35 +758,33 @@ def _tc_bwd_op(
     g_h: torch.Tensor,
     g_v: torch.Tensor,
     g_i: torch.Tensor,
-    weight: torch.Tensor,
-    perm_h: torch.Tensor,
-    perm_v: torch.Tensor,
-    identity_pick: torch.Tensor,
+    btab: torch.Tensor,
+    ks: int,
     offh: torch.Tensor,
     offv: torch.Tensor,
     idc: torch.Tensor,
     active: torch.Tensor,
     big_kernel: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    tables = (perm_h, perm_v, identity_pick, offh, offv, idc)
-    return _tc_backward_launch(x, g_h, g_v, g_i, weight, *tables, active, big_kernel)
+    return _tc_backward_launch(x, g_h, g_v, g_i, btab, ks, offh, offv, idc, active, big_kernel)
 
 
 @_tc_bwd_op.register_fake
-def _tc_bwd_fake(x, g_h, g_v, g_i, weight, perm_h, perm_v, identity_pick, offh, offv, idc, active, big_kernel):
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device), torch.empty_like(weight)
+def _tc_bwd_fake(x, g_h, g_v, g_i, btab, ks, offh, offv, idc, active, big_kernel):
+    gw = torch.empty((offh.shape[0] * offh.shape[1], 1, ks, ks), dtype=torch.float32, device=x.device)
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device), gw
 
 
 def _tc_setup_context(ctx, inputs, output):
-    *tensors, big_kernel = inputs  # x, weight, perm_h, perm_v, identity_pick, offh, offv, idc, active
-    ctx.big_kernel = big_kernel
-    ctx.save_for_backward(*tensors)
+    x, weight, _, _, _, offh, offv, idc, active, big_kernel = inputs
+    ctx.big_kernel, ctx.ks = big_kernel, weight.shape[-1]
+    ctx.save_for_backward(x, output[3], offh, offv, idc, active)
 
 
-def _tc_backward(ctx, g_h, g_v, g_i):
-    x, weight, *tables, active = ctx.saved_tensors
+def _tc_backward(ctx, g_h, g_v, g_i, _g_tables):
+    x, btab, *tables, active = ctx.saved_tensors
     grads = [torch.zeros_like(x) if g is None else g for g in (g_h, g_v, g_i)]
-    gx, gw = torch.ops.swconv.shift_wise_tc_bwd(x, *grads, weight, *tables, active, ctx.big_kernel)
+    gx, gw = torch.ops.swconv.shift_wise_tc_bwd(x, *grads, btab, ctx.ks, *tables, active, ctx.big_kernel)
     needs = ctx.needs_input_grad
     return (gx if needs[0] else None, gw if needs[1] else None) + (None,) * 8
 
@@ -787,12 +800,15 @@ class _KernelFunction(torch.autograd.Function):
     tensor costs a pack and an unpack per call)."""
 
     @staticmethod
-    def forward(ctx, x, weight, tables, active, big_kernel, family, launches):
+    def forward(ctx, x, weight, tables, active, big_kernel, family, launches, for_backward):
         ctx.tables, ctx.active, ctx.big_kernel, ctx.family, ctx.launches = tables, active, big_kernel, family, launches
         ctx.save_for_backward(x, weight)
         t = tables
         if family == "tc":
-            return _tc_forward(x, weight, t.perm_h, t.perm_v, t.identity_pick, active, big_kernel, launches)
+            *outs, ctx.btab = _tc_forward(
+                x, weight, t.perm_h, t.perm_v, t.identity_pick, active, big_kernel, launches, for_backward
+            )
+            return tuple(outs)
         return _v2_forward(x, weight, t.offh, t.offv, t.idc, active, launches)
 
     @staticmethod
@@ -801,11 +817,14 @@ class _KernelFunction(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         t, active = ctx.tables, ctx.active
         if ctx.family == "tc":
-            gx, gw = _tc_backward_launch(x, g_h, g_v, g_i, weight, *t, active, ctx.big_kernel, ctx.launches)
+            ks = weight.shape[-1]
+            gx, gw = _tc_backward_launch(
+                x, g_h, g_v, g_i, ctx.btab, ks, t.offh, t.offv, t.idc, active, ctx.big_kernel, ctx.launches
+            )
         else:
             gx, gw = _v2_backward(x, g_h, g_v, g_i, weight, t.offh, t.offv, t.idc, active, ctx.launches)
         needs = ctx.needs_input_grad
-        return gx if needs[0] else None, gw if needs[1] else None, None, None, None, None, None
+        return gx if needs[0] else None, gw if needs[1] else None, None, None, None, None, None, None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -933,7 +952,7 @@ def shift_wise_conv_cuda(
         x, w = x.to(dtype), weight.to(w_dtype)
         active = _active_bytes(kernel_active, channels * nk, x.device)
         if route == "tc":
-            return torch.ops.swconv.shift_wise_tc_fwd(x, w, *tables, active, big_kernel)
+            return torch.ops.swconv.shift_wise_tc_fwd(x, w, *tables, active, big_kernel)[:3]
         return torch.ops.swconv.shift_wise_fwd(x, w, *tables[3:], active)
     route, launches = _route(x.shape, dtype, nk, n_rep, ks, big_kernel, idx)
     if route == "torch":
@@ -943,7 +962,8 @@ def shift_wise_conv_cuda(
     w = _as(weight, w_dtype)
     active = _active_bytes(kernel_active, channels * nk, x.device)
     tables = _tables(perm_h, perm_v, identity_pick, big_kernel, ks, x.device)
-    return _KernelFunction.apply(x, w, tables, active, big_kernel, route, launches)
+    for_backward = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)
+    return _KernelFunction.apply(x, w, tables, active, big_kernel, route, launches, for_backward)
 
 
 def kernel_info(x_shape, dtype=torch.bfloat16, nk=17, nrep=4, ks=3, device_index=0, big_kernel=None) -> dict:
