@@ -492,3 +492,49 @@ def test_table_cache_follows_in_place_edits():
     assert torch.equal(rebuilt.perm_h, perm_h.to(torch.int32))
     for got, want in zip(rebuilt[3:], build_tables(perm_h, perm_v, ident, 13, 3)):
         assert torch.equal(got, want)
+
+
+def test_tc_table_geometry_brute_force():
+    """tc_table_geo (the kernels' table_geo) against a count of the 16 x 8 Toeplitz blocks that meet
+    the taps: block d covers taps 8d + offset - 7 ... 8d + offset + 15. The backward's table buffer
+    (written by the forward, copied by the backward) is sized from it."""
+    if not HAS_CUPY:
+        pytest.skip("cupy not importable")
+    from swconv.ops.cuda import tc_backward_table_words, tc_table_geo
+
+    for taps in range(1, 72):
+        for offset in range(0, taps + 1):
+            blocks = [d for d in range(-40, 40) if 8 * d + offset + 15 >= 0 and 8 * d + offset - 7 <= taps - 1]
+            assert tc_table_geo(taps, offset) == (blocks[0], len(blocks)), (taps, offset)
+    for ks in (1, 3, 5):
+        for nk in (1, 5, 17):
+            L = nk * ks
+            for big in range(max(1, L - ks + 1), L + 1):
+                m = big // 2
+                nd, nd_id = tc_table_geo(L, L - 1 - m)[1], tc_table_geo(ks, ks // 2)[1]
+                assert tc_backward_table_words(L, m, ks) == ks * (2 * nd + nd_id) * 64
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (HAS_CUDA and HAS_CUPY), reason="needs a CUDA GPU and CuPy")
+@pytest.mark.parametrize("dt", [torch.bfloat16, torch.float16])
+def test_tc_forward_without_gradients(dt):
+    """Without gradients the tensor-core forward neither allocates nor writes the backward's tables
+    (a null pointer in the kernel) and its outputs are bit-identical to those of a forward that
+    builds them; gradients after a forward with them still match the reference."""
+    from swconv.ops.cuda import _tables, _tc_forward, shift_wise_conv_cuda
+
+    cfg = dict(B=5, C=6, H=20, W=18, k=3, K=49, n_rep=3, n_path=1, density=0.6, dtype=dt, layout="contiguous")
+    x, weight, ph, pv, ident, active = make_inputs(cfg, 11)
+    t = _tables(ph, pv, ident, cfg["K"], 3, x.device)
+    act = active.to(torch.uint8)
+    *outs_tab, btab = _tc_forward(x, weight, t.perm_h, t.perm_v, t.identity_pick, act, cfg["K"])
+    *outs_none, none = _tc_forward(x, weight, t.perm_h, t.perm_v, t.identity_pick, act, cfg["K"], for_backward=False)
+    assert none is None and btab is not None and btab.dtype == torch.int32
+    for a, b in zip(outs_tab, outs_none):
+        assert torch.equal(a, b)
+    with torch.no_grad():
+        plain = shift_wise_conv_cuda(x, weight.requires_grad_(True), ph, pv, ident, cfg["K"], active)
+    for a, b in zip(plain, outs_none):
+        assert torch.equal(a, b)
+    check_against_reference(cfg, 12)
