@@ -733,6 +733,11 @@ def _tc_fwd_fake(x, weight, perm_h, perm_v, identity_pick, offh, offv, idc, acti
 def _tc_backward_launch(x, g_h, g_v, g_i, btab, ks: int, offh, offv, idc, active, big_kernel: int, launches=None):
     """Launches swc_tc_bwd + swc_cross_grad; returns (grad_x, grad of the summed small kernels).
     ``btab``: the backward tables the forward returned for these weights, tables and mask."""
+    if btab is None:
+        raise RuntimeError(
+            "tensor-core backward without its tables: the forward ran with gradients off or with no "
+            "input requiring grad, so it did not build them; rerun the forward with gradients enabled"
+        )
     x = x.contiguous()
     B, C, H, W = x.shape
     _, nk, n_rep = offh.shape
