@@ -495,24 +495,29 @@ def test_table_cache_follows_in_place_edits():
 
 
 def test_tc_table_geometry_brute_force():
-    """tc_table_geo (the kernels' table_geo) against a count of the 16 x 8 Toeplitz blocks that meet
-    the taps: block d covers taps 8d + offset - 7 ... 8d + offset + 15. The backward's table buffer
-    (written by the forward, copied by the backward) is sized from it."""
+    """tc_table_geo (the kernels' table_geo) and the size of the backward's table buffer (written by
+    the forward, copied by the backward) against a count of the 16 x 8 Toeplitz blocks that meet
+    the taps: block d covers taps 8d + offset - 7 ... 8d + offset + 15."""
     if not HAS_CUPY:
         pytest.skip("cupy not importable")
     from swconv.ops.cuda import tc_backward_table_words, tc_table_geo
 
+    def blocks(taps: int, offset: int) -> list[int]:
+        return [d for d in range(-40, 40) if 8 * d + offset + 15 >= 0 and 8 * d + offset - 7 <= taps - 1]
+
     for taps in range(1, 72):
         for offset in range(0, taps + 1):
-            blocks = [d for d in range(-40, 40) if 8 * d + offset + 15 >= 0 and 8 * d + offset - 7 <= taps - 1]
-            assert tc_table_geo(taps, offset) == (blocks[0], len(blocks)), (taps, offset)
+            b = blocks(taps, offset)
+            assert tc_table_geo(taps, offset) == (b[0], len(b)), (taps, offset)
     for ks in (1, 3, 5):
         for nk in (1, 5, 17):
             L = nk * ks
             for big in range(max(1, L - ks + 1), L + 1):
                 m = big // 2
-                nd, nd_id = tc_table_geo(L, L - 1 - m)[1], tc_table_geo(ks, ks // 2)[1]
-                assert tc_backward_table_words(L, m, ks) == ks * (2 * nd + nd_id) * 64
+                # tH and tV over the flipped long kernels (offset L - 1 - m), tI over the k x k one;
+                # 32 lanes x 2 words per block and short-axis tap
+                frags = ks * (2 * len(blocks(L, L - 1 - m)) + len(blocks(ks, ks // 2))) * 32
+                assert tc_backward_table_words(L, m, ks) == 2 * frags, (ks, nk, big)
 
 
 @pytest.mark.gpu

@@ -596,6 +596,11 @@ def tc_backward_table_words(L: int, m: int, ks: int) -> int:
     return ks * (2 * nd_long + nd_id) * 32 * 2
 
 
+def _empty_backward_tables(C: int, nk: int, ks: int, big_kernel: int, device) -> torch.Tensor:
+    """The buffer swc_tc_fwd fills with the backward's fragment tables: (C, words) int32."""
+    return torch.empty((C, tc_backward_table_words(nk * ks, big_kernel // 2, ks)), dtype=torch.int32, device=device)
+
+
 def tc_smem_bytes(backward: bool, P: int, H: int, W: int, L: int, m: int, ks: int) -> int:
     """Dynamic shared memory of swc_tc_fwd / swc_tc_bwd (mirrors the kernel's carve-up)."""
     r = ks // 2
@@ -692,10 +697,7 @@ def _tc_forward(x, weight, perm_h, perm_v, identity_pick, active, big_kernel: in
     n_rep, _, nk = perm_h.shape
     ks = weight.shape[-1]
     outs = [torch.empty_like(x, memory_format=torch.contiguous_format) for _ in range(3)]
-    btab = None
-    if for_backward:
-        words = tc_backward_table_words(nk * ks, big_kernel // 2, ks)
-        btab = torch.empty((C, words), dtype=torch.int32, device=x.device)
+    btab = _empty_backward_tables(C, nk, ks, big_kernel, x.device) if for_backward else None
     if x.numel() == 0:
         return (*(o.zero_() for o in outs), btab)
     idx = _dev_index(x)
@@ -725,8 +727,7 @@ def _tc_fwd_op(
 
 @_tc_fwd_op.register_fake
 def _tc_fwd_fake(x, weight, perm_h, perm_v, identity_pick, offh, offv, idc, active, big_kernel):
-    words = tc_backward_table_words(perm_h.shape[-1] * weight.shape[-1], big_kernel // 2, weight.shape[-1])
-    btab = torch.empty((x.shape[1], words), dtype=torch.int32, device=x.device)
+    btab = _empty_backward_tables(x.shape[1], perm_h.shape[-1], weight.shape[-1], big_kernel, x.device)
     return (*(torch.empty(x.shape, dtype=x.dtype, device=x.device) for _ in range(3)), btab)
 
 
