@@ -425,8 +425,9 @@ __device__ __forceinline__ int table_entries(const CrossHead& h) { return KS * (
 
 // The backward's fragment tables of channel c (the flipped cross kernels, tap offset TOb), built
 // by the forward's first block of the channel from the cross kernels it holds in `h.wt` (after
-// fill_head). Building them took 0.085 ms of the backward's 0.715 at SW-T stage 1 when every
-// backward block built its own: one block per channel now builds, the others copy (load_head).
+// fill_head). When every backward block built its own cross kernels and tables, that set-up took
+// 0.085 ms of the backward's 0.715 at SW-T stage 1; now one block per channel builds them and the
+// backward blocks copy them (load_head).
 __device__ __forceinline__ void store_backward_tables(frag2* __restrict__ btab, const CrossHead& h, int c, int L,
                                                       int TOb) {
     int dmB, ndB;
