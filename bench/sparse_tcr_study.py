@@ -1,0 +1,249 @@
+"""Study for the density figure of the CUDA op: a sparse forward with its responses on the tensor
+cores and its gathers on the CUDA cores (GPU).
+
+    PYTHONPATH=src python bench/sparse_tcr_study.py [--out DIR] [--profile]
+
+``study_tcr_fwd`` (bench/sparse_tcr_study.cu) computes, per active kernel, the response on the
+tensor cores (fp32, stored row-major and transposed) and adds its N_rep shifted copies per branch
+with aligned 16-byte loads on the CUDA cores; the identity branch is one response of the folded
+identity kernel. Its plane geometry is compiled in, one module per plane shape and images per block.
+
+1. Checks it against the float64 PyTorch oracle on random shapes (k 1 / 3 / 5, planes 1-64,
+   N_rep 1-4, densities 0 / 0.3 / 1; bf16, the GPU tests' output tolerance).
+2. Times it in bf16 at the four SW-T stage shapes (B = 128, N_rep = 4) over densities
+   0 / 0.1 / 0.3 / 0.6 / 1.0 at several images-per-block counts, next to the default op's forward
+   at densities 1.0 and 0.3 (no gradient: the forward alone).
+Writes sparse_tcr_study_<GPU>.json to bench/results/ (and to --out) and prints a table last.
+--profile: stage 1, density 0.3, a checked launch and three more of each plan, P = 1 first (for
+ncu: ``--launch-skip 1 --launch-count 1`` profiles P = 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import cupy
+import torch
+from op_bench import K_SMALL, N_REP, STAGES, B, bench, write_results
+from sparse_tile_study import TOL, _inputs, _rel
+
+from swconv.ops import cuda as swc
+from swconv.ops.functional import shift_wise_conv
+
+SOURCE = (Path(__file__).resolve().parent / "sparse_tcr_study.cu").read_text()
+REGS_PER_THREAD = 96  # registers per thread the kernel may always use (fewer spill at stage 1)
+_modules: dict[tuple, object] = {}
+
+
+def _round_up(n: int, m: int) -> int:
+    return (n + m - 1) // m * m
+
+
+def _bf16_pitch(n: int) -> int:
+    """n rounded up to an odd multiple of 8 elements (ldmatrix rows in distinct bank groups)."""
+    p = (n + 7) // 8
+    return 8 * (p if p % 2 else p + 1)
+
+
+def geometry(H: int, W: int, ks: int, P: int) -> dict:
+    """The kernel's compile-time layout (see the .cu header) for H x W planes, P images per block:
+    3 zero lines beyond the response's support [-r, n + r) on either side, and the lines the
+    response tiles write."""
+    r = ks // 2
+    Hp, Wp = _round_up(H, 4), _round_up(W, 4)
+    nlt, nct = math.ceil((H + 2 * r) / 16), math.ceil((W + 2 * r) / 8)
+    rv = max(H + 2 * r + 6, 16 * nlt + 3, Hp + r + 3)
+    rh = max(W + 2 * r + 6, 8 * nct + 3, Wp + r + 3)
+    pv = _round_up(max(8 * nct - r + 4, Wp + 4), 4)
+    while pv % 32 not in (8, 24):  # row-major 16-byte gathers and the fragment stores: few conflicts
+        pv += 4
+    ph = _round_up(max(16 * nlt - r + 4, Hp + 4), 4)
+    while ph % 8 != 4:  # transposed fragment stores: 32 distinct banks
+        ph += 4
+    warps = math.ceil(P * (Hp // 4) * (Wp // 4) / 32)
+    return dict(
+        KS=ks, H=H, W=W, P=P, NLT=nlt, NCT=nct, PX=_bf16_pitch(8 * nct + 8), XR=16 * nlt + 2 * r,
+        LOV=r + 3, RV=rv, PV=pv, LOH=r + 3, RH=rh, PH=ph, NWARPS=warps,
+    )  # fmt: skip
+
+
+def smem_bytes(g: dict, nk: int) -> int:
+    """Dynamic shared memory of study_tcr_fwd (mirrors ``carve``)."""
+    ks, P = g["KS"], g["P"]
+    planes = 4 * P * (g["RV"] * g["PV"] + g["RH"] * g["PH"]) + 2 * _round_up(P * g["XR"] * g["PX"], 8)
+    tables = 8 * (nk + 1) * ks * 32 + 32 * nk + 4 * nk * ks * ks + 4 * 8 * nk + 4 * nk + 4 * ks * ks + 4 * nk + nk
+    return planes + tables
+
+
+def _blocks_by_registers(regs: int, threads: int) -> int:
+    """Resident blocks per SM that the registers allow: each of the 4 schedulers has 16,384
+    registers, allocated per warp in multiples of 8 per thread, and a block's warps are dealt out
+    over the schedulers (7 warps at 96 registers: 2 blocks, as Nsight Compute reports)."""
+    per_warp, warps = 32 * _round_up(regs, 8), math.ceil(threads / 32)
+    n = 0
+    while math.ceil((n + 1) * warps / 4) * per_warp <= 16384 and (n + 1) * threads <= 2048:
+        n += 1
+    return n
+
+
+class TcrLaunch:
+    """study_tcr_fwd compiled and planned for one shape; ``forward`` as the op's (no autograd)."""
+
+    def __init__(self, Bn: int, C: int, H: int, W: int, ks: int, K: int, nrep: int, P: int, maxreg: int = 0):
+        nk = math.ceil(K / ks)
+        self.g = geometry(H, W, ks, P)
+        self.smem = smem_bytes(self.g, nk)
+        self.threads = 32 * self.g["NWARPS"]
+        optin = swc._smem_optin(0)
+        self.fits = self.smem <= optin and self.threads <= 1024
+        self.grid = (C, (Bn + P - 1) // P)
+        self.args = (Bn, C, nk, nrep)
+        if not self.fits:
+            return
+        per_sm = 228 * 1024
+        by_smem = max(1, min(per_sm // (self.smem + 1024), 2048 // self.threads, 32))
+        # the register cap that lets the shared-memory limit decide residency, at least REGS_PER_THREAD
+        warps_per_scheduler = math.ceil(by_smem * self.threads / 128)
+        maxreg = maxreg or max(REGS_PER_THREAD, min(168, 16384 // (32 * warps_per_scheduler) // 8 * 8))
+        key = tuple(sorted(self.g.items())) + (maxreg,)
+        if key not in _modules:
+            opts = tuple(f"-D{k}={v}" for k, v in self.g.items()) + (f"-DMAXREG={maxreg}", "-std=c++17")
+            opts += ("-lineinfo",) if os.environ.get("STUDY_LINEINFO") else ()
+            fn = cupy.RawModule(code=SOURCE, options=opts, backend="nvrtc").get_function("study_tcr_fwd")
+            fn.max_dynamic_shared_size_bytes = optin
+            fn.preferred_shared_memory_carveout = 100
+            _modules[key] = fn
+        self.fn = _modules[key]
+        self.launch = swc._Launch(swc._Kernel(self.fn), self.grid, self.threads, self.smem, 9, self.args)
+        self.regs = self.fn.attributes["num_regs"]
+        self.blocks_per_sm = min(per_sm // (self.smem + 1024), _blocks_by_registers(self.regs, self.threads))
+
+    def forward(self, x, w, tables, active, poison: bool = False):
+        outs = [torch.full_like(x, float("nan")) if poison else torch.empty_like(x) for _ in range(3)]
+        self.launch(x.device.index or 0, (x, w, *tables, active, *outs))
+        return outs
+
+    def plan(self) -> dict:
+        g = self.g
+        return dict(P=g["P"], threads=self.threads, smem=self.smem, regs=self.regs, blocks_per_sm=self.blocks_per_sm)
+
+
+def check(n_configs: int = 24) -> list[dict]:
+    """study_tcr_fwd against the float64 oracle, one and all images per block."""
+    rng = random.Random(2027)
+    results = []
+    for i in range(n_configs):
+        ks = rng.choice([1, 3, 3, 3, 5])
+        cfg = dict(
+            Bn=rng.choice([1, 2, 5]),
+            C=rng.choice([1, 3, 7]),
+            H=rng.choice([1, 2, 5, 7, 14, 17, 28, rng.randrange(1, 65)]),
+            W=rng.choice([1, 3, 7, 14, 19, 28, 56, rng.randrange(1, 65)]),
+            ks=ks,
+            K=max(ks, rng.choice([13, 31, 47, 51, rng.randrange(ks, 80)])),
+            nrep=rng.randrange(1, 5),
+            density=rng.choice([0.0, 0.3, 1.0]),
+        )
+        x, w, perms, tables, active = _inputs(**cfg, dtype=torch.bfloat16, seed=300 + i)
+        act8 = active.to(torch.uint8)
+        x64, w64 = x.double(), w.double()
+        refs = shift_wise_conv(x64, w64, *perms, cfg["K"], active, impl="torch_dense")
+        errs, ok = {}, True
+        for P in sorted({1, cfg["Bn"]}):
+            launch = TcrLaunch(cfg["Bn"], cfg["C"], cfg["H"], cfg["W"], ks, cfg["K"], cfg["nrep"], P)
+            if not launch.fits:
+                continue
+            outs = launch.forward(x, w, tables, act8, poison=True)
+            errs[f"out_P{P}"] = max(_rel(o, r) for o, r in zip(outs, refs))
+            ok = ok and errs[f"out_P{P}"] <= TOL[torch.bfloat16][0]
+        results.append({**cfg, **errs, "ok": ok})
+        if not ok:
+            raise AssertionError(f"study_tcr_fwd off the oracle: {results[-1]}")
+    return results
+
+
+PS = (1, 2, 4, 8, 16, 32)
+DENSITIES = (0.0, 0.1, 0.3, 0.6, 1.0)
+
+
+def run(profile: bool) -> list[dict]:
+    rows = []
+    for C, H, K in STAGES[:1] if profile else STAGES:
+        launches = {}
+        for P in PS:
+            launch = TcrLaunch(B, C, H, H, K_SMALL, K, N_REP, P)
+            if launch.fits and launch.threads <= 512 and (P == 1 or P * H <= 128):
+                launches[P] = launch
+        if H == 56:  # 80 registers: 3 blocks of 7 warps per SM (up to 6 warps per scheduler need <= 85)
+            launches["1r80"] = TcrLaunch(B, C, H, H, K_SMALL, K, N_REP, 1, maxreg=80)
+        row = {"C_rep": C, "H": H, "K": K, "B": B, "dtype": "bfloat16", "plans": [v.plan() for v in launches.values()]}
+        for density in (0.3,) if profile else DENSITIES:
+            x, w, perms, tables, active = _inputs(B, C, H, H, K_SMALL, K, N_REP, density, torch.bfloat16, 0)
+            if density == 1.0:
+                active[:] = True
+                w = torch.randn_like(w)
+            act8 = active.to(torch.uint8)
+            cell = {"density": active.float().mean().item()}
+            ref = shift_wise_conv(x[:4].float(), w, *perms, K, impl="torch_dense")
+            for P, launch in launches.items():
+                outs = launch.forward(x, w, tables, act8, poison=True)
+                err = max(_rel(o[:4], r.double()) for o, r in zip(outs, ref))
+                if not err <= TOL[torch.bfloat16][0]:
+                    raise AssertionError(f"study_tcr_fwd P={P} stage {C}@{H}: relative L2 error {err:.2e}")
+                if profile:
+                    for _ in range(3):
+                        launch.forward(x, w, tables, act8)
+                    continue
+                cell[f"tcr_fwd_ms_P{P}"] = bench(lambda launch=launch: launch.forward(x, w, tables, act8))
+            if not profile and density in (0.3, 1.0):
+                with torch.no_grad():
+                    cell["default_fwd_ms"] = bench(lambda: swc.shift_wise_conv_cuda(x, w, *perms, K, active))
+            row[f"d{density}"] = cell
+            if profile:
+                break
+        rows.append(row)
+    torch.cuda.synchronize()
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.environ.get("OUT"))
+    ap.add_argument("--profile", action="store_true", help="stage 1, density 0.3, a few launches (for ncu)")
+    args = ap.parse_args()
+    t0 = time.time()
+    if args.profile:
+        run(True)
+        return
+    checks = check()
+    rows = run(False)
+    write_results(
+        "sparse_tcr_study",
+        "PYTHONPATH=src python bench/sparse_tcr_study.py",
+        "bf16, forward only; triton.testing.do_bench median, warmup 25 ms, rep 100 ms; study outputs from "
+        "torch.empty_like (NaN-filled only for the checks); default op under torch.no_grad",
+        {"checks": checks, "passed": sum(c["ok"] for c in checks), "rows": rows, "wall_s": time.time() - t0},
+        args.out,
+    )
+    print(f"oracle checks: {sum(c['ok'] for c in checks)}/{len(checks)} passed")
+    print("bf16 forward ms: default op at density 1.0 / 0.3; study_tcr_fwd at its best P per density; ratio:")
+    print("study at 0.3 over the default op at 1.0")
+    print(f"{'stage':>7} | {'default':>11} | " + " | ".join(f"d={d:<4}" + " " * 6 for d in DENSITIES) + " | ratio")
+    for r in rows:
+
+        def best(cell):
+            k = min((k for k in cell if k.startswith("tcr_fwd_ms")), key=lambda k: cell[k])
+            return cell[k], k.split("P")[-1]
+
+        cells = " | ".join("{:6.3f} (P{:>2})".format(*best(r[f"d{d}"])) for d in DENSITIES)
+        d1, d3 = r["d1.0"]["default_fwd_ms"], r["d0.3"]["default_fwd_ms"]
+        print(f"{r['C_rep']:>4}@{r['H']:<2} | {d1:5.3f}/{d3:5.3f} | {cells} | {best(r['d0.3'])[0] / d1:.2f}")
+
+
+if __name__ == "__main__":
+    main()
