@@ -1,4 +1,5 @@
-"""CI (CPU): every kernels/*.cu compiles to PTX through NVRTC for sm_80 and sm_90, no GPU needed."""
+"""CI (CPU): every kernels/*.cu compiles to PTX through NVRTC for sm_80 and sm_90, and the
+tensor-core kernels compile to sm_90 machine code without register spills; no GPU needed."""
 
 from __future__ import annotations
 
@@ -17,15 +18,16 @@ except Exception as exc:  # noqa: BLE001
     _why = f"cupy (NVRTC bindings) not importable: {exc!r}"
 
 
-def _compile(src: str, name: str, options: list[str]) -> str:
+def _compile(src: str, name: str, options: list[str], log: bool = False) -> str:
+    """The PTX of ``src`` (with ``log``: NVRTC's log instead, where ptxas reports)."""
     prog = nvrtc.createProgram(src, name, [], [])
     try:
         nvrtc.compileProgram(prog, options)
     except Exception as exc:  # noqa: BLE001
         raise AssertionError(f"NVRTC failed for {name} {options}:\n{nvrtc.getProgramLog(prog)}") from exc
-    ptx = nvrtc.getPTX(prog)
+    out = nvrtc.getProgramLog(prog) if log else nvrtc.getPTX(prog)
     nvrtc.destroyProgram(prog)
-    return ptx.decode() if isinstance(ptx, bytes) else ptx
+    return out.decode() if isinstance(out, bytes) else out
 
 
 def test_sources_exist():
@@ -59,3 +61,25 @@ def test_nvrtc_ptx(path: Path, arch: str):
             assert f".entry {entry}" in ptx, f"{path.name}: no entry {entry} for DT={dt} KS={ks}"
         atomics = re.findall(r"^\s*(?:@%p\d+\s+)?(?:atom|red)\.\S+", ptx, flags=re.M)
         assert not atomics, f"kernels must not use atomics (determinism): {atomics[:3]}"
+
+
+_PTXAS_ENTRY = re.compile(
+    r"Function properties for (\w+)\s+ptxas\s+\.\s+(\d+) bytes stack frame, (\d+) bytes spill stores, "
+    r"(\d+) bytes spill loads"
+)
+
+
+@pytest.mark.skipif(nvrtc is None, reason="cupy not importable" if nvrtc is None else "")
+@pytest.mark.parametrize("dt", [1, 2], ids=["fp16", "bf16"])
+def test_tensor_core_kernels_do_not_spill(dt: int):
+    """sm_90 machine code of the tensor-core kernels at k = 3 (NVRTC runs ptxas on the CPU): no
+    stack frame and no spills. The kernels are compiled against register caps (64 forward, 128
+    backward) that they fill; a spill there costs the bf16 path more than any GPU test shows."""
+    path = KERNEL_DIR / "shift_wise_tc.cu"
+    log = _compile(
+        path.read_text(), path.name, ["-arch=sm_90", f"-DDT={dt}", "-DKS=3", "-std=c++17", "--ptxas-options=-v"], True
+    )
+    found = {m[0]: tuple(map(int, m[1:])) for m in _PTXAS_ENTRY.findall(log)}
+    assert set(found) == set(_ENTRIES[path.name]), f"ptxas reported {sorted(found)}:\n{log}"
+    spilling = {name: v for name, v in found.items() if any(v)}
+    assert not spilling, f"(stack frame, spill stores, spill loads) bytes: {spilling}"
