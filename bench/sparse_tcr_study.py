@@ -30,7 +30,7 @@ from pathlib import Path
 import cupy
 import torch
 from op_bench import K_SMALL, N_REP, STAGES, B, bench, write_results
-from sparse_tile_study import TOL, _inputs, _rel
+from sparse_tile_study import TOL, _inputs, _rel, stage_case
 
 from swconv.ops import cuda as swc
 from swconv.ops.functional import shift_wise_conv
@@ -183,13 +183,7 @@ def run(profile: bool) -> list[dict]:
             launches["1r80"] = TcrLaunch(B, C, H, H, K_SMALL, K, N_REP, 1, maxreg=80)
         row = {"C_rep": C, "H": H, "K": K, "B": B, "dtype": "bfloat16", "plans": [v.plan() for v in launches.values()]}
         for density in (0.3,) if profile else DENSITIES:
-            x, w, perms, tables, active = _inputs(B, C, H, H, K_SMALL, K, N_REP, density, torch.bfloat16, 0)
-            if density == 1.0:
-                active[:] = True
-                w = torch.randn_like(w)
-            act8 = active.to(torch.uint8)
-            cell = {"density": active.float().mean().item()}
-            ref = shift_wise_conv(x[:4].float(), w, *perms, K, impl="torch_dense")
+            x, w, perms, tables, active, act8, cell, ref = stage_case(C, H, K, density)
             for P, launch in launches.items():
                 outs = launch.forward(x, w, tables, act8, poison=True)
                 err = max(_rel(o[:4], r.double()) for o, r in zip(outs, ref))

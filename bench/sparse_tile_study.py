@@ -257,6 +257,18 @@ def _inputs(Bn, C, H, W, ks, K, nrep, density, dtype, seed):
     return x, w, (perm_h, perm_v, pick), tables, active
 
 
+def stage_case(C: int, H: int, K: int, density: float) -> tuple:
+    """bf16 inputs of one SW-T stage shape (B = 128, N_rep = 4) at one density; at density 1.0
+    every kernel is active with fresh weights. Returns (x, w, perms, tables, active, uint8 mask,
+    cell with the realised density, the fp32 oracle outputs of the first 4 images)."""
+    x, w, perms, tables, active = _inputs(B, C, H, H, K_SMALL, K, N_REP, density, torch.bfloat16, 0)
+    if density == 1.0:
+        active[:] = True
+        w = torch.randn_like(w)
+    ref = shift_wise_conv(x[:4].float(), w, *perms, K, impl="torch_dense")
+    return x, w, perms, tables, active, active.to(torch.uint8), {"density": active.float().mean().item()}, ref
+
+
 def _rel(a, b) -> float:
     a, b = a.detach().double(), b.detach().double()
     nb = float(b.norm())
@@ -323,13 +335,7 @@ def run(profile: bool) -> list[dict]:
         row = {"C_rep": C, "H": H, "K": K, "B": B, "dtype": "bfloat16"}
         row["plans"] = {"fwd": study.plans[0], "bwd": study.plans[1], "variants": list(variants)}
         for density in (0.3,) if profile else (1.0, 0.3):
-            x, w, perms, tables, active = _inputs(B, C, H, H, K_SMALL, K, N_REP, density, torch.bfloat16, 0)
-            if density == 1.0:
-                active[:] = True
-                w = torch.randn_like(w)
-            act8 = active.to(torch.uint8)
-            cell = {"density": active.float().mean().item()}
-            ref = shift_wise_conv(x[:4].float(), w, *perms, K, impl="torch_dense")
+            x, w, perms, tables, active, act8, cell, ref = stage_case(C, H, K, density)
             for name, launch in variants.items():
                 outs = study.forward(x, w, tables, act8, launch)
                 err = max(_rel(o[:4], r.double()) for o, r in zip(outs, ref))
