@@ -30,7 +30,7 @@ from pathlib import Path
 import cupy
 import torch
 from op_bench import K_SMALL, N_REP, STAGES, B, bench, write_results
-from sparse_tile_study import TOL, _inputs, _rel, stage_case
+from sparse_tile_study import TOL, _bf16_pitch, _inputs, _rel, _round_up, stage_case
 
 from swconv.ops import cuda as swc
 from swconv.ops.functional import shift_wise_conv
@@ -38,16 +38,6 @@ from swconv.ops.functional import shift_wise_conv
 SOURCE = (Path(__file__).resolve().parent / "sparse_tcr_study.cu").read_text()
 REGS_PER_THREAD = 96  # registers per thread the kernel may always use (fewer spill at stage 1)
 _modules: dict[tuple, object] = {}
-
-
-def _round_up(n: int, m: int) -> int:
-    return (n + m - 1) // m * m
-
-
-def _bf16_pitch(n: int) -> int:
-    """n rounded up to an odd multiple of 8 elements (ldmatrix rows in distinct bank groups)."""
-    p = (n + 7) // 8
-    return 8 * (p if p % 2 else p + 1)
 
 
 def geometry(H: int, W: int, ks: int, P: int) -> dict:
