@@ -75,24 +75,30 @@ def write_results(stem: str, command: str, protocol: str, body: dict, out: str |
         p.write_text(json.dumps(res, indent=1))
 
 
+def block_slot_cover(nk: int, big_kernel: int, ks: int = K_SMALL) -> torch.Tensor:
+    """(nd, nk) bool: slot s has a tap in the tensor-core forward's 16 x 8 Toeplitz block d, which
+    covers the long-axis taps 8d + m - 7 ... 8d + m + 15 (kernels/shift_wise_tc.cu, table_geo)."""
+    from swconv.ops.cuda import tc_table_geo
+
+    L, m = nk * ks, big_kernel // 2
+    dmin, nd = tc_table_geo(L, m)
+    cover = torch.zeros(nd, nk, dtype=torch.bool)
+    for i, d in enumerate(range(dmin, dmin + nd)):
+        lo, hi = max(8 * d + m - 7, 0), min(8 * d + m + 15, L - 1)
+        cover[i, lo // ks : hi // ks + 1] = True
+    return cover
+
+
 def toeplitz_block_occupancy(perm: torch.Tensor, active: torch.Tensor, big_kernel: int) -> float:
     """Fraction of the tensor-core forward's 16 x 8 Toeplitz blocks (one per channel, short-axis
-    tap and block diagonal d) that hold a non-zero tap under the mask ``active`` (C * nk): the
-    most a kernel that skips all-zero blocks could save. Block d covers the long-axis taps
-    8d + m - 7 ... 8d + m + 15 (kernels/shift_wise_tc.cu, table_geo)."""
+    tap and block diagonal) that hold a non-zero tap under the mask ``active`` (C * nk): the most a
+    kernel that skips all-zero blocks could save."""
     n_rep, channels, nk = perm.shape
     on = active.view(channels, nk).cpu()
     slot_on = torch.zeros(channels, nk, dtype=torch.bool)
     for g in range(n_rep):  # slot s of group g holds kernel perm[g, c, s]
         slot_on |= torch.gather(on, 1, perm[g].long().cpu())
-    tap_on = slot_on.repeat_interleave(K_SMALL, 1)
-    from swconv.ops.cuda import tc_table_geo
-
-    L, m = nk * K_SMALL, big_kernel // 2
-    dmin, nd = tc_table_geo(L, m)
-    spans = [(max(8 * d + m - 7, 0), min(8 * d + m + 15, L - 1)) for d in range(dmin, dmin + nd)]
-    hit = [tap_on[:, lo : hi + 1].any(1) for lo, hi in spans if lo <= hi]
-    return torch.stack(hit).float().mean().item()
+    return (slot_on[:, None, :] & block_slot_cover(nk, big_kernel)[None]).any(2).float().mean().item()
 
 
 @contextlib.contextmanager
