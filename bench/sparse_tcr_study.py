@@ -20,20 +20,17 @@ ncu: ``--launch-skip 1 --launch-count 1`` profiles P = 1).
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
-import random
-import time
 from pathlib import Path
 
 import cupy
+import forward_study
 import torch
-from op_bench import K_SMALL, N_REP, STAGES, B, bench, write_results
-from sparse_tile_study import TOL, _bf16_pitch, _inputs, _rel, _round_up, stage_case
+from op_bench import K_SMALL, N_REP, B
+from sparse_tile_study import _bf16_pitch, _round_up
 
 from swconv.ops import cuda as swc
-from swconv.ops.functional import shift_wise_conv
 
 SOURCE = (Path(__file__).resolve().parent / "sparse_tcr_study.cu").read_text()
 REGS_PER_THREAD = 96  # registers per thread the kernel may always use (fewer spill at stage 1)
@@ -123,111 +120,14 @@ class TcrLaunch:
         return dict(P=g["P"], threads=self.threads, smem=self.smem, regs=self.regs, blocks_per_sm=self.blocks_per_sm)
 
 
-def check(n_configs: int = 24) -> list[dict]:
-    """study_tcr_fwd against the float64 oracle, one and all images per block."""
-    rng = random.Random(2027)
-    results = []
-    for i in range(n_configs):
-        ks = rng.choice([1, 3, 3, 3, 5])
-        cfg = dict(
-            Bn=rng.choice([1, 2, 5]),
-            C=rng.choice([1, 3, 7]),
-            H=rng.choice([1, 2, 5, 7, 14, 17, 28, rng.randrange(1, 65)]),
-            W=rng.choice([1, 3, 7, 14, 19, 28, 56, rng.randrange(1, 65)]),
-            ks=ks,
-            K=max(ks, rng.choice([13, 31, 47, 51, rng.randrange(ks, 80)])),
-            nrep=rng.randrange(1, 5),
-            density=rng.choice([0.0, 0.3, 1.0]),
-        )
-        x, w, perms, tables, active = _inputs(**cfg, dtype=torch.bfloat16, seed=300 + i)
-        act8 = active.to(torch.uint8)
-        x64, w64 = x.double(), w.double()
-        refs = shift_wise_conv(x64, w64, *perms, cfg["K"], active, impl="torch_dense")
-        errs, ok = {}, True
-        for P in sorted({1, cfg["Bn"]}):
-            launch = TcrLaunch(cfg["Bn"], cfg["C"], cfg["H"], cfg["W"], ks, cfg["K"], cfg["nrep"], P)
-            if not launch.fits:
-                continue
-            outs = launch.forward(x, w, tables, act8, poison=True)
-            errs[f"out_P{P}"] = max(_rel(o, r) for o, r in zip(outs, refs))
-            ok = ok and errs[f"out_P{P}"] <= TOL[torch.bfloat16][0]
-        results.append({**cfg, **errs, "ok": ok})
-        if not ok:
-            raise AssertionError(f"study_tcr_fwd off the oracle: {results[-1]}")
-    return results
-
-
-PS = (1, 2, 4, 8, 16, 32)
-DENSITIES = (0.0, 0.1, 0.3, 0.6, 1.0)
-
-
-def run(profile: bool) -> list[dict]:
-    rows = []
-    for C, H, K in STAGES[:1] if profile else STAGES:
-        launches = {}
-        for P in PS:
-            launch = TcrLaunch(B, C, H, H, K_SMALL, K, N_REP, P)
-            if launch.fits and launch.threads <= 512 and (P == 1 or P * H <= 128):
-                launches[P] = launch
-        if H == 56:  # 80 registers: 3 blocks of 7 warps per SM (up to 6 warps per scheduler need <= 85)
-            launches["1r80"] = TcrLaunch(B, C, H, H, K_SMALL, K, N_REP, 1, maxreg=80)
-        row = {"C_rep": C, "H": H, "K": K, "B": B, "dtype": "bfloat16", "plans": [v.plan() for v in launches.values()]}
-        for density in (0.3,) if profile else DENSITIES:
-            x, w, perms, tables, active, act8, cell, ref = stage_case(C, H, K, density)
-            for P, launch in launches.items():
-                outs = launch.forward(x, w, tables, act8, poison=True)
-                err = max(_rel(o[:4], r.double()) for o, r in zip(outs, ref))
-                if not err <= TOL[torch.bfloat16][0]:
-                    raise AssertionError(f"study_tcr_fwd P={P} stage {C}@{H}: relative L2 error {err:.2e}")
-                if profile:
-                    for _ in range(3):
-                        launch.forward(x, w, tables, act8)
-                    continue
-                cell[f"tcr_fwd_ms_P{P}"] = bench(lambda launch=launch: launch.forward(x, w, tables, act8))
-            if not profile and density in (0.3, 1.0):
-                with torch.no_grad():
-                    cell["default_fwd_ms"] = bench(lambda: swc.shift_wise_conv_cuda(x, w, *perms, K, active))
-            row[f"d{density}"] = cell
-            if profile:
-                break
-        rows.append(row)
-    torch.cuda.synchronize()
-    return rows
-
-
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default=os.environ.get("OUT"))
-    ap.add_argument("--profile", action="store_true", help="stage 1, density 0.3, a few launches (for ncu)")
-    args = ap.parse_args()
-    t0 = time.time()
-    if args.profile:
-        run(True)
-        return
-    checks = check()
-    rows = run(False)
-    write_results(
-        "sparse_tcr_study",
-        "PYTHONPATH=src python bench/sparse_tcr_study.py",
-        "bf16, forward only; triton.testing.do_bench median, warmup 25 ms, rep 100 ms; study outputs from "
-        "torch.empty_like (NaN-filled only for the checks); default op under torch.no_grad",
-        {"checks": checks, "passed": sum(c["ok"] for c in checks), "rows": rows, "wall_s": time.time() - t0},
-        args.out,
-    )
-    print(f"oracle checks: {sum(c['ok'] for c in checks)}/{len(checks)} passed")
-    print("bf16 forward ms: default op at density 1.0 / 0.3; study_tcr_fwd at its best P per density; ratio:")
-    print("study at 0.3 over the default op at 1.0")
-    print(f"{'stage':>7} | {'default':>11} | " + " | ".join(f"d={d:<4}" + " " * 6 for d in DENSITIES) + " | ratio")
-    for r in rows:
-
-        def best(cell):
-            k = min((k for k in cell if k.startswith("tcr_fwd_ms")), key=lambda k: cell[k])
-            return cell[k], k.split("P")[-1]
-
-        cells = " | ".join("{:6.3f} (P{:>2})".format(*best(r[f"d{d}"])) for d in DENSITIES)
-        d1, d3 = r["d1.0"]["default_fwd_ms"], r["d0.3"]["default_fwd_ms"]
-        print(f"{r['C_rep']:>4}@{r['H']:<2} | {d1:5.3f}/{d3:5.3f} | {cells} | {best(r['d0.3'])[0] / d1:.2f}")
+def _plans(C: int, H: int, K: int) -> dict:
+    launches = forward_study.stage_plans(
+        TcrLaunch, lambda P, H, launch: launch.threads <= 512 and (P == 1 or P * H <= 128)
+    )(C, H, K)
+    if H == 56:  # 80 registers: 3 blocks of 7 warps per SM (up to 6 warps per scheduler need <= 85)
+        launches["1r80"] = TcrLaunch(B, C, H, H, K_SMALL, K, N_REP, 1, maxreg=80)
+    return launches
 
 
 if __name__ == "__main__":
-    main()
+    forward_study.main(TcrLaunch, _plans, "tcr", rng_seed=2027, seed0=300)
