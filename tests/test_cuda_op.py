@@ -352,6 +352,67 @@ def test_torch_compile_new_batch_size(dt):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not (HAS_CUDA and HAS_CUPY), reason="needs a CUDA GPU and CuPy")
+@pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16])
+def test_torch_compile_new_plane_size(dt):
+    """One compiled function called at several shapes (a block compiled once and used at every
+    stage: plane size, channels and kernel sizes change) retraces with dynamic sizes; the op must
+    specialize them again, pick each shape's kernels (tensor cores, CUDA cores, the PyTorch
+    fallback) and match eager."""
+    from swconv.ops.cuda import shift_wise_conv_cuda
+
+    torch._dynamo.reset()
+
+    def f(xx, ww, ph, pv, ident, active, big_kernel):
+        h, v, i = shift_wise_conv_cuda(xx, ww, ph, pv, ident, big_kernel, active)
+        return (h.float() * 3 + v.float() - i.float()).square().sum()
+
+    compiled = torch.compile(f, fullgraph=True)
+    shapes = ((10, 9, 3, 13), (14, 14, 3, 13), (5, 6, 4, 17), (28, 17, 5, 13), (80, 72, 2, 31))
+    for seed, (H, W, C, K) in enumerate(shapes):
+        cfg = dict(B=3, C=C, H=H, W=W, k=3, K=K, n_rep=2, n_path=1, density=0.7, dtype=dt, layout="contiguous")
+        x, weight, ph, pv, ident, active = make_inputs(cfg, 20 + seed)
+        results = []
+        for fn in (f, compiled):
+            xr, wr = x.detach().clone().requires_grad_(True), weight.detach().clone().requires_grad_(True)
+            loss = fn(xr, wr, ph, pv, ident, active, K)
+            loss.backward()
+            results.append((loss.detach(), xr.grad, wr.grad))
+        for a, b in zip(*results):
+            err = (a.float() - b.float()).abs().max().item() / a.float().abs().max().item()
+            assert err <= 1e-5, f"{H}x{W}, C {C}, K {K}: compiled differs from eager by {err:.2e} (max-relative)"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (HAS_CUDA and HAS_CUPY), reason="needs a CUDA GPU and CuPy")
+def test_torch_compile_reduce_overhead():
+    """mode="reduce-overhead" (CUDA graphs, which take the host off the critical path at small
+    planes) captures the op's launches; replays match eager, forward and backward."""
+    from swconv.ops.cuda import shift_wise_conv_cuda
+
+    torch._dynamo.reset()
+    cfg = dict(B=4, C=5, H=14, W=14, k=3, K=13, n_rep=4, n_path=1, density=0.3, dtype=torch.bfloat16)
+    x, weight, ph, pv, ident, active = make_inputs({**cfg, "layout": "contiguous"}, 9)
+
+    def f(xx, ww):
+        h, v, i = shift_wise_conv_cuda(xx, ww, ph, pv, ident, cfg["K"], active)
+        return (h.float() * 3 + v.float() - i.float()).square().sum()
+
+    compiled = torch.compile(f, mode="reduce-overhead", fullgraph=True)
+    for step in range(4):  # warm-up, recording, then replays
+        xs = x + 0.01 * step
+        results = []
+        for fn in (f, compiled):
+            xr, wr = xs.detach().clone().requires_grad_(True), weight.detach().clone().requires_grad_(True)
+            loss = fn(xr, wr)
+            loss.backward()
+            results.append((loss.detach().clone(), xr.grad, wr.grad))
+        for a, b in zip(*results):
+            err = (a.float() - b.float()).abs().max().item() / a.float().abs().max().item()
+            assert err <= 1e-5, f"step {step}: reduce-overhead differs from eager by {err:.2e} (max-relative)"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (HAS_CUDA and HAS_CUPY), reason="needs a CUDA GPU and CuPy")
 @pytest.mark.parametrize("amp", [False, True])
 def test_torch_compile_whole_layer_fullgraph(amp):
     """A whole SW layer (mask, path sum, dispatch, op, branch BNs) compiles without a graph break,

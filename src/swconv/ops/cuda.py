@@ -40,6 +40,7 @@ from typing import NamedTuple
 import cupy  # noqa: F401  (import failure = "CUDA path unavailable" for the dispatcher)
 import torch
 from cupy.cuda import driver as _driver
+from torch.fx.experimental.symbolic_shapes import guard_scalar
 
 __all__ = ["shift_wise_conv_cuda", "kernel_source_path", "build_tables", "launch_plan", "launch_plan_v2", "kernel_info"]
 
@@ -950,7 +951,12 @@ def shift_wise_conv_cuda(
     idx = _dev_index(x)
     w_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     if torch.compiler.is_compiling():
-        route = _kernel_family(int(x.shape[-2]), int(x.shape[-1]), dtype, nk, n_rep, ks, big_kernel, idx)
+        # kernels and plans are chosen per shape: a retrace that made a size dynamic (one compiled
+        # block called at several stages) specializes the sizes they depend on again, with guards
+        H, W, nk, n_rep, ks, big_kernel = (
+            guard_scalar(v) for v in (x.shape[-2], x.shape[-1], nk, n_rep, ks, big_kernel)
+        )
+        route = _kernel_family(H, W, dtype, nk, n_rep, ks, big_kernel, idx)
         if route == "torch":
             return _fallback(x, weight, perm_h, perm_v, identity_pick, big_kernel, kernel_active)
         # tables built in the graph: the eager cache keys on tensor identity, which tracing cannot read
