@@ -320,6 +320,20 @@ def test_torch_compile_traces_around_op(dt):
         assert torch.allclose(a.float(), b.float(), rtol=1e-5, atol=1e-5)
 
 
+def _assert_compiled_matches(fn, compiled, x, weight, *args, what: str) -> None:
+    """Loss, grad_x and grad_w of ``compiled`` against eager ``fn`` on the same inputs."""
+    results = []
+    for f in (fn, compiled):
+        xr, wr = x.detach().clone().requires_grad_(True), weight.detach().clone().requires_grad_(True)
+        loss = f(xr, wr, *args)
+        loss.backward()
+        results.append((loss.detach().clone(), xr.grad, wr.grad))
+    for a, b in zip(*results):
+        # relative to the largest entry: the loss squares sums of ~1e3, so single entries cancel
+        err = (a.float() - b.float()).abs().max().item() / a.float().abs().max().item()
+        assert err <= 1e-5, f"{what}: compiled differs from eager by {err:.2e} (max-relative)"
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not (HAS_CUDA and HAS_CUPY), reason="needs a CUDA GPU and CuPy")
 @pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16])
@@ -338,16 +352,7 @@ def test_torch_compile_new_batch_size(dt):
 
     compiled = torch.compile(f, fullgraph=True)
     for batch in (5, 3, 2):
-        results = []
-        for fn in (f, compiled):
-            xr, wr = x[:batch].clone().requires_grad_(True), weight.clone().requires_grad_(True)
-            loss = fn(xr, wr)
-            loss.backward()
-            results.append((loss.detach(), xr.grad, wr.grad))
-        for a, b in zip(*results):
-            # relative to the largest entry: the loss squares sums of ~1e3, so single entries cancel
-            err = (a.float() - b.float()).abs().max().item() / a.float().abs().max().item()
-            assert err <= 1e-5, f"batch {batch}: compiled differs from eager by {err:.2e} (max-relative)"
+        _assert_compiled_matches(f, compiled, x[:batch], weight, what=f"batch {batch}")
 
 
 @pytest.mark.gpu
@@ -371,15 +376,7 @@ def test_torch_compile_new_plane_size(dt):
     for seed, (H, W, C, K) in enumerate(shapes):
         cfg = dict(B=3, C=C, H=H, W=W, k=3, K=K, n_rep=2, n_path=1, density=0.7, dtype=dt, layout="contiguous")
         x, weight, ph, pv, ident, active = make_inputs(cfg, 20 + seed)
-        results = []
-        for fn in (f, compiled):
-            xr, wr = x.detach().clone().requires_grad_(True), weight.detach().clone().requires_grad_(True)
-            loss = fn(xr, wr, ph, pv, ident, active, K)
-            loss.backward()
-            results.append((loss.detach(), xr.grad, wr.grad))
-        for a, b in zip(*results):
-            err = (a.float() - b.float()).abs().max().item() / a.float().abs().max().item()
-            assert err <= 1e-5, f"{H}x{W}, C {C}, K {K}: compiled differs from eager by {err:.2e} (max-relative)"
+        _assert_compiled_matches(f, compiled, x, weight, ph, pv, ident, active, K, what=f"{H}x{W}, C {C}, K {K}")
 
 
 @pytest.mark.gpu
@@ -399,16 +396,7 @@ def test_torch_compile_reduce_overhead():
 
     compiled = torch.compile(f, mode="reduce-overhead", fullgraph=True)
     for step in range(4):  # warm-up, recording, then replays
-        xs = x + 0.01 * step
-        results = []
-        for fn in (f, compiled):
-            xr, wr = xs.detach().clone().requires_grad_(True), weight.detach().clone().requires_grad_(True)
-            loss = fn(xr, wr)
-            loss.backward()
-            results.append((loss.detach().clone(), xr.grad, wr.grad))
-        for a, b in zip(*results):
-            err = (a.float() - b.float()).abs().max().item() / a.float().abs().max().item()
-            assert err <= 1e-5, f"step {step}: reduce-overhead differs from eager by {err:.2e} (max-relative)"
+        _assert_compiled_matches(f, compiled, x + 0.01 * step, weight, what=f"reduce-overhead, step {step}")
 
 
 @pytest.mark.gpu
