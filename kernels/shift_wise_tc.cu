@@ -405,19 +405,21 @@ __device__ __forceinline__ CrossHead carve_head(unsigned char*& ptr, int L, int 
     return h;
 }
 
-// Zeroes the zero line, builds channel c's cross kernels, then (after one block barrier) their
-// fragment tables; `flip` for the backward data pass. Callers sync before the tables are read.
+// Zeroes the zero line, builds channel c's cross kernels, then (after one block barrier) the
+// forward's fragment tables. Callers sync before the tables are read. (store_backward_tables
+// repeats the three build_table calls flipped: one shared helper for both spilled the forward,
+// 16-byte stack frame under its 64-register cap.)
 __device__ __forceinline__ void fill_head(const CrossHead& h, const float* __restrict__ w,
                                           const int* __restrict__ perm_h, const int* __restrict__ perm_v,
                                           const int* __restrict__ ident, const unsigned char* __restrict__ active,
-                                          int c, int C, int nk, int nrep, int TO, bool flip) {
+                                          int c, int C, int nk, int nrep, int TO) {
     const int L = nk * KS;
     zero_smem(h.zl, h.zbytes);
     cross_to_smem(h.wt, w, perm_h, perm_v, ident, active, c, C, nk, nrep);
     __syncthreads();
-    build_table(h.tH, h.wt, L, TO, h.dmH, h.ndH, flip);
-    build_table(h.tV, h.wt + KS * L, L, TO, h.dmH, h.ndH, flip);
-    build_table(h.tI, h.wt + 2 * KS * L, KS, RS, h.dmI, h.ndI, flip);
+    build_table(h.tH, h.wt, L, TO, h.dmH, h.ndH, false);
+    build_table(h.tV, h.wt + KS * L, L, TO, h.dmH, h.ndH, false);
+    build_table(h.tI, h.wt + 2 * KS * L, KS, RS, h.dmI, h.ndI, false);
 }
 
 // frag2 entries of one channel's three fragment tables (tH, tV, tI: contiguous in the head).
@@ -467,7 +469,7 @@ swc_tc_fwd(const u16* __restrict__ x, const float* __restrict__ w, const int* __
     ptr += P * SRv * SPv * 2;
 
     zero_smem(sx, (int)(ptr - (unsigned char*)sx));
-    fill_head(hd, w, perm_h, perm_v, ident, active, c, C, nk, nrep, m, false);
+    fill_head(hd, w, perm_h, perm_v, ident, active, c, C, nk, nrep, m);
     if (btab != nullptr && blockIdx.y == 0) store_backward_tables(btab, hd, c, L, L - 1 - m);
     {
         const u16* const src[1] = {x};
