@@ -28,7 +28,6 @@
 #define KK (KS * KS)
 #define M_ (H > W ? H : W)  // threads per image: column i and row i
 #define ZL (M_ + 2 * RS)    // a response line with its support beyond the plane
-#define XR (H + 4 * RS)
 
 typedef unsigned short u16;
 typedef unsigned int u32;

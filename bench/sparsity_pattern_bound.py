@@ -55,7 +55,7 @@ def work_left(active_sets: np.ndarray, perms: tuple[torch.Tensor, ...], channel:
     return left
 
 
-def run_lengths_to_empty(perm_h: torch.Tensor, run: int) -> np.ndarray:
+def kernels_to_empty_run(perm_h: torch.Tensor, run: int) -> np.ndarray:
     """For every (channel, first slot): the kernels that must be pruned so that ``run`` consecutive
     horizontal slots are empty in all groups."""
     n_rep, channels, nk = perm_h.shape
@@ -83,7 +83,7 @@ def stage_bound(channels: int, width: int, big_kernel: int, density: float) -> d
     runs = {}
     for run in (2, 4, 6, 8):
         if run <= nk:
-            need = run_lengths_to_empty(perm_h, run)
+            need = kernels_to_empty_run(perm_h, run)
             runs[str(run)] = {"kernels_to_prune_mean": float(need.mean()), "kernels_to_prune_min": int(need.min())}
     return {
         "C_rep": channels,
