@@ -394,9 +394,14 @@ def test_torch_compile_reduce_overhead():
         h, v, i = shift_wise_conv_cuda(xx, ww, ph, pv, ident, cfg["K"], active)
         return (h.float() * 3 + v.float() - i.float()).square().sum()
 
+    from torch._dynamo.utils import counters
+
+    counters.clear()
     compiled = torch.compile(f, mode="reduce-overhead", fullgraph=True)
     for step in range(4):  # warm-up, recording, then replays
         _assert_compiled_matches(f, compiled, x + 0.01 * step, weight, what=f"reduce-overhead, step {step}")
+    # inductor falls back to plain launches, silently, for graphs it cannot capture
+    assert not counters["inductor"]["cudagraph_skips"], "reduce-overhead did not capture the op in a CUDA graph"
 
 
 @pytest.mark.gpu
