@@ -548,6 +548,52 @@ def test_table_cache_follows_in_place_edits():
         assert torch.equal(got, want)
 
 
+def test_kernel_env_follows_os_environ(monkeypatch):
+    """The launch caches key on the kernel environment variables read from os.environ's store:
+    a setenv / delenv between calls must show."""
+    if not HAS_CUPY:
+        pytest.skip("cupy not importable")
+    from swconv.ops.cuda import KERNEL_ENV, _env
+
+    monkeypatch.setenv(KERNEL_ENV, "v2")
+    monkeypatch.delenv("SWCONV_CUDA_MINB", raising=False)
+    got = _env(KERNEL_ENV, "SWCONV_CUDA_MINB")
+    assert got in ((b"v2", None), ("v2", None))
+    monkeypatch.setenv(KERNEL_ENV, "tc")
+    assert _env(KERNEL_ENV)[0] in (b"tc", "tc")
+    monkeypatch.delenv(KERNEL_ENV)
+    assert _env(KERNEL_ENV) == (None,)
+
+
+def test_launch_argument_block(monkeypatch):
+    """A launch writes the tensors' addresses (0 for None), then keeps the fixed ints and writes the
+    late ones, at the offsets the kernel parameter array points to."""
+    if not HAS_CUPY:
+        pytest.skip("cupy not importable")
+    import ctypes
+    import struct
+
+    from swconv.ops import cuda
+
+    class FakeKernel:
+        ptr = 0
+
+    launch = cuda._Launch(FakeKernel(), (3, 2), 64, 0, 3, (5, -6), n_late=2)
+    seen = []
+    monkeypatch.setattr(cuda._Launch, "_launch", lambda self, gx, gy, stream: seen.append(bytes(self._block)))
+    monkeypatch.setattr(torch._C, "_cuda_getDevice", lambda: 0)
+    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda index: 0)
+    a, b = torch.zeros(4), torch.zeros(2, dtype=torch.int32)
+    launch(0, (a, None, b), (7, 8))
+    launch(0, (b, a, a), (9, -1))
+    assert seen[0] == struct.pack("=3Q4i", a.data_ptr(), 0, b.data_ptr(), 5, -6, 7, 8)
+    assert seen[1] == struct.pack("=3Q4i", b.data_ptr(), a.data_ptr(), a.data_ptr(), 5, -6, 9, -1)
+    base = ctypes.addressof(launch._block)
+    assert list(launch._params) == [base + 8 * i for i in range(3)] + [base + 24 + 4 * i for i in range(4)]
+    with pytest.raises(ValueError, match="expected 3 tensors and 2 late ints"):
+        launch(0, (a, b), (1, 2))
+
+
 def test_tc_table_geometry_brute_force():
     """tc_table_geo (the kernels' table_geo) and the size of the backward's table buffer (written by
     the forward, copied by the backward) against a count of the 16 x 8 Toeplitz blocks that meet

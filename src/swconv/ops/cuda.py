@@ -31,6 +31,7 @@ import ctypes
 import functools
 import math
 import os
+import struct
 import threading
 import warnings
 import weakref
@@ -165,36 +166,38 @@ class _Launch:
 
     def __init__(self, kernel: _Kernel, grid: tuple[int, int], threads: int, smem: int, n_ptr: int, ints, n_late=0):
         self.kernel, self.grid, self.threads, self.smem = kernel, grid, threads, smem
-        self.n_ptr, self._n_fixed = n_ptr, len(ints)
+        self.n_ptr, self._n_late = n_ptr, n_late
         n_int = len(ints) + n_late
         fields = [(f"p{i}", ctypes.c_void_p) for i in range(n_ptr)] + [(f"i{i}", ctypes.c_int32) for i in range(n_int)]
-        struct = type("KernelArgs", (ctypes.Structure,), {"_fields_": fields})
-        self._block = struct()  # owns the memory the views below point into
+        struct_type = type("KernelArgs", (ctypes.Structure,), {"_fields_": fields})
+        self._block = struct_type()  # owns the memory the kernel parameters point into
         base = ctypes.addressof(self._block)
-        self._ptrs = (ctypes.c_uint64 * n_ptr).from_address(base)  # pointers first: offsets 0, 8, ...
-        self._ints = (ctypes.c_int32 * n_int).from_address(base + 8 * n_ptr)
-        self._ints[: len(ints)] = list(ints)
-        self._params = (ctypes.c_void_p * len(fields))(*[base + getattr(struct, n).offset for n, _ in fields])
+        # pointers first (offsets 0, 8, ...), then the fixed ints, then the late ones
+        struct.pack_into(f"={len(ints)}i", self._block, 8 * n_ptr, *ints)
+        self._pack_ptrs = struct.Struct(f"={n_ptr}Q").pack_into
+        self._pack_late = struct.Struct(f"={n_late}i").pack_into
+        self._late_at = 8 * n_ptr + 4 * len(ints)
+        self._params = (ctypes.c_void_p * len(fields))(*[base + getattr(struct_type, n).offset for n, _ in fields])
         self._params_at = ctypes.addressof(self._params)
         # the block is shared state: two threads (say autograd's device thread and the main one)
         # must not interleave filling it and launching
         self._lock = threading.Lock()
 
     def __call__(self, device_index: int, tensors: tuple, late: tuple[int, ...] = ()) -> None:
-        if len(tensors) != self.n_ptr or len(late) != len(self._ints) - self._n_fixed:
+        if len(tensors) != self.n_ptr or len(late) != self._n_late:
             raise ValueError(
-                f"kernel launch: expected {self.n_ptr} tensors and {len(self._ints) - self._n_fixed} late ints, "
+                f"kernel launch: expected {self.n_ptr} tensors and {self._n_late} late ints, "
                 f"got {len(tensors)} and {len(late)}"
             )
-        if device_index != torch.cuda.current_device():
+        if device_index != torch._C._cuda_getDevice():
             with torch.cuda.device(device_index):
                 return self(device_index, tensors, late)
         stream = torch._C._cuda_getCurrentRawStream(device_index)
         gx, gy = self.grid
         with self._lock:
-            self._ptrs[:] = [0 if t is None else t.data_ptr() for t in tensors]
+            self._pack_ptrs(self._block, 0, *[0 if t is None else t.data_ptr() for t in tensors])
             if late:
-                self._ints[self._n_fixed :] = list(late)
+                self._pack_late(self._block, self._late_at, *late)
             try:
                 self._launch(gx, gy, stream)
             except _driver.CUDADriverError as exc:
@@ -252,22 +255,39 @@ def _device_tables(perm_h, perm_v, identity_pick, big_kernel, ks, device) -> _De
     return _DeviceTables(*on_device, *build_tables(*on_device, big_kernel, ks))
 
 
-_table_cache: dict[tuple, tuple[tuple, _DeviceTables]] = {}
+_table_cache: dict[tuple, tuple[tuple, tuple, _DeviceTables]] = {}
+
+
+def _table_stamp(perm_h, perm_v, identity_pick) -> tuple:
+    """What identifies the contents of the table tensors: an in-place edit bumps the version, a
+    ``.data`` swap moves the address (or the shape)."""
+    return (
+        perm_h._version, perm_h.data_ptr(), perm_h.shape,
+        perm_v._version, perm_v.data_ptr(), perm_v.shape,
+        identity_pick._version, identity_pick.data_ptr(), identity_pick.shape,
+    )  # fmt: skip
 
 
 def _tables(perm_h, perm_v, identity_pick, big_kernel, ks, device) -> _DeviceTables:
-    """``_device_tables`` cached per table tensor objects and their version counters (an in-place
-    edit bumps the version). The entry keeps weak references to the tensors: an address or id
-    alone could be reused by new tables once the old ones are freed, and would hit stale tables."""
-    tensors = (perm_h, perm_v, identity_pick)
-    key = tuple((id(t), t.data_ptr(), t._version, tuple(t.shape)) for t in tensors) + (big_kernel, ks, str(device))
+    """``_device_tables`` cached per table tensor objects and their contents (``_table_stamp``).
+    The entry keeps weak references to the tensors: an id alone could be reused by new tables
+    once the old ones are freed, and would hit stale tables."""
+    key = (id(perm_h), id(perm_v), id(identity_pick), big_kernel, ks, device)
     hit = _table_cache.get(key)
-    if hit is not None and all(ref() is t for ref, t in zip(hit[0], tensors)):
-        return hit[1]
+    if hit is not None:
+        refs, stamp, tables = hit
+        if (
+            refs[0]() is perm_h
+            and refs[1]() is perm_v
+            and refs[2]() is identity_pick
+            and stamp == _table_stamp(perm_h, perm_v, identity_pick)
+        ):
+            return tables
     if len(_table_cache) > 64:
         _table_cache.clear()
+    tensors = (perm_h, perm_v, identity_pick)
     tables = _device_tables(*tensors, big_kernel, ks, device)
-    _table_cache[key] = (tuple(weakref.ref(t) for t in tensors), tables)
+    _table_cache[key] = (tuple(weakref.ref(t) for t in tensors), _table_stamp(*tensors), tables)
     return tables
 
 
@@ -400,12 +420,35 @@ def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _dev_index(t: torch.Tensor) -> int:
-    return t.device.index if t.device.index is not None else torch.cuda.current_device()
+    """The CUDA device index of ``t`` (a CUDA tensor always has one)."""
+    return t.get_device()
+
+
+# os.environ.get encodes the name on every call (0.7 us each on a desktop CPU, three per eager
+# call); on POSIX os.environ keeps its bytes store in ``_data``, which setenv / monkeypatch update
+_ENVIRON_STORE = (
+    os.environ._data if os.name == "posix" and isinstance(getattr(os.environ, "_data", None), dict) else None
+)
+
+
+@functools.cache
+def _env_name(name: str) -> bytes:
+    return os.fsencode(name)
+
+
+def _env(*names: str) -> tuple:
+    """The values of environment variables ``names`` (None when unset; bytes on POSIX): cache keys."""
+    if _ENVIRON_STORE is not None:
+        return tuple([_ENVIRON_STORE.get(_env_name(n)) for n in names])
+    return tuple([os.environ.get(n) for n in names])
+
+
+_PLAN_ENV_VARS = ("SWCONV_CUDA_TALL", "SWCONV_CUDA_MINB")
 
 
 def _plan_env() -> tuple:
     """The environment variables the v2 launch plans read (part of every launch-cache key)."""
-    return os.environ.get("SWCONV_CUDA_TALL"), os.environ.get("SWCONV_CUDA_MINB")
+    return _env(*_PLAN_ENV_VARS)
 
 
 _v2_launch_cache: dict[tuple, tuple[_Launch, _Launch] | None] = {}
@@ -602,6 +645,13 @@ def _empty_backward_tables(C: int, nk: int, ks: int, big_kernel: int, device) ->
     return torch.empty((C, tc_backward_table_words(nk * ks, big_kernel // 2, ks)), dtype=torch.int32, device=device)
 
 
+@functools.lru_cache(maxsize=256)
+def _backward_table_shape(C: int, nk: int, ks: int, big_kernel: int) -> tuple[int, int]:
+    """The shape of ``_empty_backward_tables``, cached for the kernels' calls (plain ints there;
+    the fake implementation, which may see symbolic sizes, computes it)."""
+    return C, tc_backward_table_words(nk * ks, big_kernel // 2, ks)
+
+
 def tc_smem_bytes(backward: bool, P: int, H: int, W: int, L: int, m: int, ks: int) -> int:
     """Dynamic shared memory of swc_tc_fwd / swc_tc_bwd (mirrors the kernel's carve-up)."""
     r = ks // 2
@@ -697,8 +747,10 @@ def _tc_forward(x, weight, perm_h, perm_v, identity_pick, active, big_kernel: in
     B, C, H, W = x.shape
     n_rep, _, nk = perm_h.shape
     ks = weight.shape[-1]
-    outs = [torch.empty_like(x, memory_format=torch.contiguous_format) for _ in range(3)]
-    btab = _empty_backward_tables(C, nk, ks, big_kernel, x.device) if for_backward else None
+    outs = [torch.empty_like(x) for _ in range(3)]  # x is contiguous: so are they
+    btab = None
+    if for_backward:
+        btab = torch.empty(_backward_table_shape(C, nk, ks, big_kernel), dtype=torch.int32, device=x.device)
     if x.numel() == 0:
         return (*(o.zero_() for o in outs), btab)
     idx = _dev_index(x)
@@ -809,26 +861,29 @@ class _KernelFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, tables, active, big_kernel, family, launches, for_backward):
         ctx.tables, ctx.active, ctx.big_kernel, ctx.family, ctx.launches = tables, active, big_kernel, family, launches
-        ctx.save_for_backward(x, weight)
         t = tables
         if family == "tc":
+            # the backward reads the tables this forward builds from the weights, not the weights
+            ctx.save_for_backward(x)
+            ctx.ks = weight.shape[-1]
             *outs, ctx.btab = _tc_forward(
                 x, weight, t.perm_h, t.perm_v, t.identity_pick, active, big_kernel, launches, for_backward
             )
             return tuple(outs)
+        ctx.save_for_backward(x, weight)
         return _v2_forward(x, weight, t.offh, t.offv, t.idc, active, launches)
 
     @staticmethod
     def backward(ctx, g_h, g_v, g_i):
         # grads of unused outputs arrive as zeros (autograd materializes them by default)
-        x, weight = ctx.saved_tensors
         t, active = ctx.tables, ctx.active
         if ctx.family == "tc":
-            ks = weight.shape[-1]
+            (x,) = ctx.saved_tensors
             gx, gw = _tc_backward_launch(
-                x, g_h, g_v, g_i, ctx.btab, ks, t.offh, t.offv, t.idc, active, ctx.big_kernel, ctx.launches
+                x, g_h, g_v, g_i, ctx.btab, ctx.ks, t.offh, t.offv, t.idc, active, ctx.big_kernel, ctx.launches
             )
         else:
+            x, weight = ctx.saved_tensors
             gx, gw = _v2_backward(x, g_h, g_v, g_i, weight, t.offh, t.offv, t.idc, active, ctx.launches)
         needs = ctx.needs_input_grad
         return gx if needs[0] else None, gw if needs[1] else None, None, None, None, None, None, None
@@ -873,7 +928,7 @@ _route_cache: dict[tuple, tuple] = {}
 def _route(shape, dtype: torch.dtype, nk: int, n_rep: int, ks: int, big_kernel: int, idx: int) -> tuple:
     """(kernel family, its launch records or None) for one eager call's shape, dtype and the
     kernel environment variables, decided once per combination."""
-    key = (shape, dtype, nk, n_rep, ks, big_kernel, idx, os.environ.get(KERNEL_ENV), _plan_env())
+    key = (shape, dtype, nk, n_rep, ks, big_kernel, idx, _env(KERNEL_ENV, *_PLAN_ENV_VARS))
     hit = _route_cache.get(key)
     if hit is None:
         B, C, H, W = shape
@@ -889,16 +944,25 @@ def _route(shape, dtype: torch.dtype, nk: int, n_rep: int, ks: int, big_kernel: 
     return hit
 
 
+_BYTE_MASK_DTYPES = (torch.bool, torch.uint8)
+
+
 def _active_bytes(kernel_active: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor:
-    """The mask as the kernels read it: uint8 (n,) on ``device``, all ones when None."""
+    """The mask as the kernels read it, one byte per small kernel (n) on ``device``: all ones when
+    None; in eager a contiguous bool / uint8 mask there as it is."""
     if kernel_active is None:
         if torch.compiler.is_compiling():
             return torch.ones(n, dtype=torch.uint8, device=device)
         return _all_active(n, device)
-    if kernel_active.dtype == torch.bool and kernel_active.device == device and not torch.compiler.is_compiling():
-        # same bytes, no conversion kernel (eager only: inductor cannot lower a bool bitcast)
-        flat = kernel_active if kernel_active.dim() == 1 else kernel_active.reshape(-1)
-        return _as(flat.view(torch.uint8), torch.uint8)
+    if (
+        kernel_active.dtype in _BYTE_MASK_DTYPES
+        and kernel_active.device == device
+        and kernel_active.is_contiguous()
+        and not torch.compiler.is_compiling()
+    ):
+        # the kernels read the mask's bytes (a bool is one byte, 0 or 1) through its address: no
+        # conversion, not even a view (eager only: inductor cannot lower a bool bitcast)
+        return kernel_active
     return kernel_active.reshape(-1).to(device=device, dtype=torch.uint8).contiguous()
 
 
