@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import functools
+import importlib.util
 import json
 import math
 import os
@@ -102,14 +104,57 @@ def stage_calls(C: int, H: int, K: int, batch: int):
     node = ours_forward()[0].grad_fn
     backward = node._forward_cls.backward
     # the node's context as its backward reads it (a live node frees its saved tensors with its outputs)
-    ctx = types.SimpleNamespace(
-        saved_tensors=(x.detach(), w.detach()), needs_input_grad=node.needs_input_grad, **vars(node)
-    )
+    saved = (x.detach(),) if vars(node)["family"] == "tc" else (x.detach(), w.detach())
+    ctx = types.SimpleNamespace(saved_tensors=saved, needs_input_grad=node.needs_input_grad, **vars(node))
 
     def ours_backward():
         return backward(ctx, *grads)
 
     return ours, empty_function, cudnn_dw, ours_forward, ours_backward
+
+
+def compare_host_paths(baseline: str, rounds: int = 9) -> list[dict]:
+    """Our eager forward+backward through the working tree's ``swconv.ops.cuda`` against the same
+    module loaded from ``baseline`` (that file of another revision, e.g. ``git show
+    REV:src/swconv/ops/cuda.py > base.py``; both run the kernels in kernels/), at 70 % density.
+    B = 1: wall time per call (host), rounds interleaved; B = 128: do_bench medians, interleaved.
+    Both must give bit-identical gradients."""
+    import swconv.ops.cuda as tree
+
+    os.environ.setdefault("SWCONV_KERNEL_DIR", str(tree.kernel_source_path()))
+    spec = importlib.util.spec_from_file_location("swconv_cuda_baseline", baseline)
+    base = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(base)
+    rows = []
+    for C, H, K in STAGES:
+        nk = math.ceil(K / K_SMALL)
+        ph, pv, ident = (t.cuda() for t in make_shift_tables(C, nk, N_REP))
+        active = torch.rand(C * nk, device="cuda") < 0.7
+        row = {"C_rep": C, "H": H, "K": K}
+        for batch in (1, B):
+            x = torch.randn(batch, C, H, H, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+            w = torch.randn(C * nk, 1, K_SMALL, K_SMALL, device="cuda", requires_grad=True)
+            grads = [torch.randn_like(x) for _ in range(3)]
+
+            def fwd_bwd(module, x=x, w=w, grads=grads):
+                out = module.shift_wise_conv_cuda(x, w, ph, pv, ident, K, active)
+                return torch.autograd.grad(out, (x, w), grads)
+
+            calls = {"baseline": functools.partial(fwd_bwd, base), "tree": functools.partial(fwd_bwd, tree)}
+            if not all(torch.equal(a, b) for a, b in zip(calls["baseline"](), calls["tree"]())):
+                raise RuntimeError("the baseline and the tree's host paths give different gradients")
+            times = {name: [] for name in calls}
+            for _ in range(rounds if batch == 1 else 5):
+                for name, fn in calls.items():
+                    times[name].append(host_us(fn, trials=1) if batch == 1 else bench(fn))
+            for name, ts in times.items():
+                if batch == 1:
+                    row[f"{name}_B1_us"] = statistics.median(ts)
+                else:
+                    row[f"{name}_B{B}_ms"] = ts
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
 
 
 def profile_us(fn, calls: int = 500, top: int = 12) -> list[tuple[str, float]]:
@@ -131,7 +176,27 @@ def profile_us(fn, calls: int = 500, top: int = 12) -> list[tuple[str, float]]:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT"))
+    ap.add_argument("--baseline", help="a cuda.py of another revision: compare its host path with the tree's")
     args = ap.parse_args()
+    if args.baseline:
+        rows = compare_host_paths(args.baseline)
+        write_results(
+            "host_path_ab",
+            f"PYTHONPATH=src python bench/host_cost.py --baseline {Path(args.baseline).name}",
+            "bf16, density 0.7; B = 1: median over 9 interleaved rounds of 300 back-to-back forward+backward "
+            f"calls, wall us per call; B = {B}: five interleaved do_bench medians (ms)",
+            {"rows": rows},
+            args.out,
+        )
+        print(
+            f"\n{'stage':>11} | {'baseline B1 us':>14} | {'tree B1 us':>10} | B{B} eager ms, baseline / tree (median)"
+        )
+        for r in rows:
+            print(
+                f"{r['C_rep']:>3}@{r['H']:>2} K{r['K']:>2} | {r['baseline_B1_us']:14.1f} | {r['tree_B1_us']:10.1f} | "
+                f"{statistics.median(r[f'baseline_B{B}_ms']):.3f} / {statistics.median(r[f'tree_B{B}_ms']):.3f}"
+            )
+        return
     rows = []
     for C, H, K in STAGES:
         calls = stage_calls(C, H, K, batch=1)
