@@ -10,11 +10,9 @@ adds the horizontal shifts of its row the same way. The earlier CUDA-core design
 shared-memory bytes (kernels/README.md); this one moves 4 bytes per response value through
 shared memory, plus the input.
 
-1. Checks it against the float64 PyTorch oracle on random shapes (k 1 / 3 / 5, planes 1-64,
-   N_rep 1-4, densities 0 / 0.3 / 1; bf16, the GPU tests' output tolerance).
-2. Times it in bf16 at the four SW-T stage shapes (B = 128, N_rep = 4) over densities
-   0 / 0.1 / 0.3 / 0.6 / 1.0 at several images-per-block counts, next to the default op's forward
-   at densities 1.0 and 0.3 (no gradient: the forward alone).
+The shared harness (bench/forward_study.py) checks it against the float64 PyTorch oracle on random
+shapes and times it in bf16 at the four SW-T stage shapes over densities and images-per-block
+counts, next to the default op's forward.
 Writes sparse_reg_study_<GPU>.json to bench/results/ (and to --out) and prints a table last.
 --profile: stage 1, density 0.3, a checked launch and three more of each plan, in the order of PS
 (for ncu: ``--launch-skip 1 --launch-count 1`` profiles the first plan).

@@ -640,16 +640,14 @@ def tc_backward_table_words(L: int, m: int, ks: int) -> int:
     return ks * (2 * nd_long + nd_id) * 32 * 2
 
 
-def _empty_backward_tables(C: int, nk: int, ks: int, big_kernel: int, device) -> torch.Tensor:
-    """The buffer swc_tc_fwd fills with the backward's fragment tables: (C, words) int32."""
-    return torch.empty((C, tc_backward_table_words(nk * ks, big_kernel // 2, ks)), dtype=torch.int32, device=device)
-
-
-@functools.lru_cache(maxsize=256)
 def _backward_table_shape(C: int, nk: int, ks: int, big_kernel: int) -> tuple[int, int]:
-    """The shape of ``_empty_backward_tables``, cached for the kernels' calls (plain ints there;
-    the fake implementation, which may see symbolic sizes, computes it)."""
+    """Shape of the buffer swc_tc_fwd fills with the backward's fragment tables (int32)."""
     return C, tc_backward_table_words(nk * ks, big_kernel // 2, ks)
+
+
+# the kernels' calls (plain ints) look the shape up per call; the fake implementation, which may
+# see symbolic sizes (unhashable), computes it
+_cached_backward_table_shape = functools.lru_cache(maxsize=256)(_backward_table_shape)
 
 
 def tc_smem_bytes(backward: bool, P: int, H: int, W: int, L: int, m: int, ks: int) -> int:
@@ -750,7 +748,7 @@ def _tc_forward(x, weight, perm_h, perm_v, identity_pick, active, big_kernel: in
     outs = [torch.empty_like(x) for _ in range(3)]  # x is contiguous: so are they
     btab = None
     if for_backward:
-        btab = torch.empty(_backward_table_shape(C, nk, ks, big_kernel), dtype=torch.int32, device=x.device)
+        btab = torch.empty(_cached_backward_table_shape(C, nk, ks, big_kernel), dtype=torch.int32, device=x.device)
     if x.numel() == 0:
         return (*(o.zero_() for o in outs), btab)
     idx = _dev_index(x)
@@ -780,7 +778,8 @@ def _tc_fwd_op(
 
 @_tc_fwd_op.register_fake
 def _tc_fwd_fake(x, weight, perm_h, perm_v, identity_pick, offh, offv, idc, active, big_kernel):
-    btab = _empty_backward_tables(x.shape[1], perm_h.shape[-1], weight.shape[-1], big_kernel, x.device)
+    shape = _backward_table_shape(x.shape[1], perm_h.shape[-1], weight.shape[-1], big_kernel)
+    btab = torch.empty(shape, dtype=torch.int32, device=x.device)
     return (*(torch.empty(x.shape, dtype=x.dtype, device=x.device) for _ in range(3)), btab)
 
 
@@ -949,7 +948,7 @@ _BYTE_MASK_DTYPES = (torch.bool, torch.uint8)
 
 def _active_bytes(kernel_active: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor:
     """The mask as the kernels read it, one byte per small kernel (n) on ``device``: all ones when
-    None; in eager a contiguous bool / uint8 mask there as it is."""
+    None; in eager, a contiguous bool / uint8 mask already on ``device`` is passed as it is."""
     if kernel_active is None:
         if torch.compiler.is_compiling():
             return torch.ones(n, dtype=torch.uint8, device=device)
