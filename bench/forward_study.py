@@ -1,8 +1,8 @@
 """The harness the sparse forward studies share (sparse_tcr_study, sparse_reg_study; GPU).
 
-A study supplies a launch class: ``Launch(Bn, C, H, W, ks, K, nrep, P)`` with ``fits``,
-``forward(x, w, tables, active_uint8, poison=False) -> (out_h, out_v, out_i)`` and ``plan()``, and
-which images-per-block plans to time per stage. This module checks it against the float64 oracle,
+A study supplies a launch class: ``Launch(Bn, C, H, W, ks, K, nrep, P)``, a ``StudyLaunch`` with
+``fits``, ``launch`` (its kernel compiled by ``compile_study``) and ``plan()``, and which
+images-per-block plans to time per stage. This module checks it against the float64 oracle,
 times it over densities next to the default op's forward, writes the JSON and prints the table.
 """
 
@@ -14,6 +14,7 @@ import random
 import time
 from collections.abc import Callable
 
+import cupy
 import torch
 from op_bench import K_SMALL, N_REP, STAGES, B, bench, graph_ms, write_results
 from sparse_tile_study import TOL, _inputs, _rel, stage_case
@@ -23,6 +24,34 @@ from swconv.ops.functional import shift_wise_conv
 
 DENSITIES = (0.0, 0.1, 0.3, 0.6, 1.0)
 PS = (1, 2, 4, 8, 16, 32)
+_kernels: dict[tuple, object] = {}
+
+
+def compile_study(source: str, entry: str, defines: dict) -> object:
+    """``entry`` of ``source`` compiled through NVRTC with ``-D`` ``defines`` (cached per entry and
+    defines), its dynamic shared memory allowed up to what its static part leaves of the opt-in
+    limit. STUDY_LINEINFO=1 adds source lines (for ncu)."""
+    key = (entry, *sorted(defines.items()))
+    if key not in _kernels:
+        opts = tuple(f"-D{k}={v}" for k, v in defines.items()) + ("-std=c++17",)
+        opts += ("-lineinfo",) if os.environ.get("STUDY_LINEINFO") else ()
+        fn = cupy.RawModule(code=source, options=opts, backend="nvrtc").get_function(entry)
+        fn.max_dynamic_shared_size_bytes = swc._smem_optin(0) - fn.attributes["shared_size_bytes"]
+        fn.preferred_shared_memory_carveout = 100
+        _kernels[key] = fn
+    return _kernels[key]
+
+
+class StudyLaunch:
+    """The forward the study launch classes share: ``self.launch`` (a swconv ``_Launch`` taking x,
+    w, the 7 tables, the mask, then the three outputs) called as the op's forward, no autograd."""
+
+    launch: object
+
+    def forward(self, x, w, tables, active, poison: bool = False) -> list[torch.Tensor]:
+        outs = [torch.full_like(x, float("nan")) if poison else torch.empty_like(x) for _ in range(3)]
+        self.launch(swc._dev_index(x), (x, w, *tables, active, *outs))
+        return outs
 
 
 def check(launch_class, name: str, rng_seed: int, seed0: int, n_configs: int = 24) -> list[dict]:

@@ -21,19 +21,15 @@ Writes sparse_reg_study_<GPU>.json to bench/results/ (and to --out) and prints a
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
-import cupy
 import forward_study
-import torch
 from op_bench import B
 from sparse_tile_study import _round_up
 
 from swconv.ops import cuda as swc
 
 SOURCE = (Path(__file__).resolve().parent / "sparse_reg_study.cu").read_text()
-_modules: dict[tuple, object] = {}
 
 
 def _first(start: int, ok) -> int:
@@ -61,7 +57,7 @@ def geometry(H: int, W: int, ks: int, K: int, P: int) -> dict:
     )  # fmt: skip
 
 
-class RegLaunch:
+class RegLaunch(forward_study.StudyLaunch):
     """study_reg_fwd compiled and planned for one shape; ``forward`` as the op's (no autograd)."""
 
     def __init__(self, Bn: int, C: int, H: int, W: int, ks: int, K: int, nrep: int, P: int):
@@ -74,15 +70,7 @@ class RegLaunch:
         self.args = (Bn, C, nrep)
         if not self.fits:
             return
-        key = tuple(sorted(self.g.items()))
-        if key not in _modules:
-            opts = tuple(f"-D{k}={v}" for k, v in self.g.items()) + ("-std=c++17",)
-            opts += ("-lineinfo",) if os.environ.get("STUDY_LINEINFO") else ()
-            fn = cupy.RawModule(code=SOURCE, options=opts, backend="nvrtc").get_function("study_reg_fwd")
-            fn.max_dynamic_shared_size_bytes = optin - fn.attributes["shared_size_bytes"]
-            fn.preferred_shared_memory_carveout = 100
-            _modules[key] = fn
-        self.fn = _modules[key]
+        self.fn = forward_study.compile_study(SOURCE, "study_reg_fwd", self.g)
         self.smem_static = self.fn.attributes["shared_size_bytes"]
         self.fits = self.smem + self.smem_static <= optin
         if not self.fits:
@@ -93,11 +81,6 @@ class RegLaunch:
         per_sm = 228 * 1024
         by_regs = 65536 // (self.threads * _round_up(self.regs, 8))
         self.blocks_per_sm = max(0, min(per_sm // (self.smem + self.smem_static + 1024), by_regs, 2048 // self.threads))
-
-    def forward(self, x, w, tables, active, poison: bool = False):
-        outs = [torch.full_like(x, float("nan")) if poison else torch.empty_like(x) for _ in range(3)]
-        self.launch(x.device.index or 0, (x, w, *tables, active, *outs))
-        return outs
 
     def plan(self) -> dict:
         return dict(

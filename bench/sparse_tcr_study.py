@@ -19,12 +19,9 @@ ncu: ``--launch-skip 1 --launch-count 1`` profiles P = 1).
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
-import cupy
 import forward_study
-import torch
 from op_bench import K_SMALL, N_REP, B
 from sparse_tile_study import _bf16_pitch, _round_up
 
@@ -32,7 +29,6 @@ from swconv.ops import cuda as swc
 
 SOURCE = (Path(__file__).resolve().parent / "sparse_tcr_study.cu").read_text()
 REGS_PER_THREAD = 96  # registers per thread the kernel may always use (fewer spill at stage 1)
-_modules: dict[tuple, object] = {}
 
 
 def geometry(H: int, W: int, ks: int, P: int) -> dict:
@@ -76,7 +72,7 @@ def _blocks_by_registers(regs: int, threads: int) -> int:
     return n
 
 
-class TcrLaunch:
+class TcrLaunch(forward_study.StudyLaunch):
     """study_tcr_fwd compiled and planned for one shape; ``forward`` as the op's (no autograd)."""
 
     def __init__(self, Bn: int, C: int, H: int, W: int, ks: int, K: int, nrep: int, P: int, maxreg: int = 0):
@@ -95,23 +91,13 @@ class TcrLaunch:
         # the register cap that lets the shared-memory limit decide residency, at least REGS_PER_THREAD
         warps_per_scheduler = math.ceil(by_smem * self.threads / 128)
         maxreg = maxreg or max(REGS_PER_THREAD, min(168, 16384 // (32 * warps_per_scheduler) // 8 * 8))
-        key = tuple(sorted(self.g.items())) + (maxreg,)
-        if key not in _modules:
-            opts = tuple(f"-D{k}={v}" for k, v in self.g.items()) + (f"-DMAXREG={maxreg}", "-std=c++17")
-            opts += ("-lineinfo",) if os.environ.get("STUDY_LINEINFO") else ()
-            fn = cupy.RawModule(code=SOURCE, options=opts, backend="nvrtc").get_function("study_tcr_fwd")
-            fn.max_dynamic_shared_size_bytes = optin
-            fn.preferred_shared_memory_carveout = 100
-            _modules[key] = fn
-        self.fn = _modules[key]
+        self.fn = forward_study.compile_study(SOURCE, "study_tcr_fwd", {**self.g, "MAXREG": maxreg})
+        self.fits = self.smem + self.fn.attributes["shared_size_bytes"] <= optin
+        if not self.fits:
+            return
         self.launch = swc._Launch(swc._Kernel(self.fn), self.grid, self.threads, self.smem, 9, self.args)
         self.regs = self.fn.attributes["num_regs"]
         self.blocks_per_sm = min(per_sm // (self.smem + 1024), _blocks_by_registers(self.regs, self.threads))
-
-    def forward(self, x, w, tables, active, poison: bool = False):
-        outs = [torch.full_like(x, float("nan")) if poison else torch.empty_like(x) for _ in range(3)]
-        self.launch(x.device.index or 0, (x, w, *tables, active, *outs))
-        return outs
 
     def plan(self) -> dict:
         g = self.g
