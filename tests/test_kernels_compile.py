@@ -13,9 +13,13 @@ SOURCES = sorted(KERNEL_DIR.glob("*.cu"))
 
 try:
     from cupy_backends.cuda.libs import nvrtc
+
+    _why = ""
 except Exception as exc:  # noqa: BLE001
     nvrtc = None
     _why = f"cupy (NVRTC bindings) not importable: {exc!r}"
+
+needs_nvrtc = pytest.mark.skipif(nvrtc is None, reason=_why)
 
 
 def _compile(src: str, name: str, options: list[str], log: bool = False) -> str:
@@ -39,7 +43,7 @@ _DTYPES = {"shift_wise_tc.cu": (1, 2)}
 _ENTRIES = {"shift_wise_tc.cu": ("swc_tc_fwd", "swc_tc_bwd", "swc_cross_grad")}
 
 
-@pytest.mark.skipif(nvrtc is None, reason="cupy not importable" if nvrtc is None else "")
+@needs_nvrtc
 @pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.name)
 def test_nvrtc_ptx(path: Path, arch: str):
@@ -69,7 +73,7 @@ _PTXAS_ENTRY = re.compile(
 )
 
 
-@pytest.mark.skipif(nvrtc is None, reason="cupy not importable" if nvrtc is None else "")
+@needs_nvrtc
 @pytest.mark.parametrize("dt", [1, 2], ids=["fp16", "bf16"])
 def test_tensor_core_kernels_do_not_spill(dt: int):
     """sm_90 machine code of the tensor-core kernels at k = 3 (NVRTC runs ptxas on the CPU): no
