@@ -1,7 +1,7 @@
 """The harness the sparse forward studies share (sparse_tcr_study, sparse_reg_study; GPU).
 
-A study supplies a launch class: ``Launch(Bn, C, H, W, ks, K, nrep, P)``, a ``StudyLaunch`` with
-``fits``, ``launch`` (its kernel compiled by ``compile_study``) and ``plan()``, and which
+A study supplies a launch class: ``Launch(Bn, C, H, W, ks, K, nrep, P)``, a ``StudyLaunch`` that
+sets ``fits`` and ``launch`` through ``StudyLaunch.build`` and has a ``plan()``, and which
 images-per-block plans to time per stage. This module checks it against the float64 oracle,
 times it over densities next to the default op's forward, writes the JSON and prints the table.
 """
@@ -43,10 +43,27 @@ def compile_study(source: str, entry: str, defines: dict) -> object:
 
 
 class StudyLaunch:
-    """The forward the study launch classes share: ``self.launch`` (a swconv ``_Launch`` taking x,
-    w, the 7 tables, the mask, then the three outputs) called as the op's forward, no autograd."""
+    """What the study launch classes share: ``build`` (compile, check the fit, make the launch) and
+    ``forward``, ``self.launch`` (a swconv ``_Launch`` taking x, w, the 7 tables, the mask, then the
+    three outputs) called as the op's forward, no autograd."""
 
     launch: object
+
+    def build(self, source: str, entry: str, defines: dict, smem: int, threads: int, grid, args) -> bool:
+        """Sets ``fits`` (dynamic plus static shared memory within the opt-in limit, at most 1024
+        threads) and, when it fits, ``fn``, ``launch``, ``regs`` and ``smem_static``; returns ``fits``.
+        Compiles only when the dynamic part alone fits."""
+        self.smem, self.threads, self.grid, self.args = smem, threads, grid, args
+        optin = swc._smem_optin(0)
+        self.fits = smem <= optin and threads <= 1024
+        if self.fits:
+            self.fn = compile_study(source, entry, defines)
+            self.smem_static = self.fn.attributes["shared_size_bytes"]
+            self.fits = smem + self.smem_static <= optin
+        if self.fits:
+            self.launch = swc._Launch(swc._Kernel(self.fn), grid, threads, smem, 9, args)
+            self.regs = self.fn.attributes["num_regs"]
+        return self.fits
 
     def forward(self, x, w, tables, active, poison: bool = False) -> list[torch.Tensor]:
         outs = [torch.full_like(x, float("nan")) if poison else torch.empty_like(x) for _ in range(3)]
@@ -118,8 +135,6 @@ def run(plans: Callable[[int, int, int], dict], name: str, profile: bool) -> lis
                     cell["default_fwd_ms"] = bench(lambda: swc.shift_wise_conv_cuda(x, w, *perms, K, active))
                     cell["default_fwd_graph_ms"] = graph_ms(lambda: swc.shift_wise_conv_cuda(x, w, *perms, K, active))
             row[f"d{density}"] = cell
-            if profile:
-                break
         rows.append(row)
     torch.cuda.synchronize()
     return rows
@@ -151,12 +166,12 @@ def main(launch_class, plans: Callable[[int, int, int], dict], name: str, rng_se
     print(f"bf16 forward ms: default op at density 1.0 / 0.3; study_{name}_fwd at its best P per density; ratio:")
     print("study at 0.3 over the default op at 1.0, eager and in GPU time (CUDA graphs)")
     print(f"{'stage':>7} | {'default':>11} | " + " | ".join(f"d={d:<4}" + " " * 6 for d in DENSITIES) + " | ratio")
+
+    def best(cell):
+        k = min((k for k in cell if k.startswith(f"{name}_fwd_ms")), key=lambda k: cell[k])
+        return cell[k], k.split("P")[-1]
+
     for r in rows:
-
-        def best(cell):
-            k = min((k for k in cell if k.startswith(f"{name}_fwd_ms")), key=lambda k: cell[k])
-            return cell[k], k.split("P")[-1]
-
         cells = " | ".join("{:6.3f} (P{:>2})".format(*best(r[f"d{d}"])) for d in DENSITIES)
         d1, d3 = r["d1.0"]["default_fwd_ms"], r["d0.3"]["default_fwd_ms"]
         g1 = r["d1.0"]["default_fwd_graph_ms"]

@@ -27,8 +27,6 @@ import forward_study
 from op_bench import B
 from sparse_tile_study import _round_up
 
-from swconv.ops import cuda as swc
-
 SOURCE = (Path(__file__).resolve().parent / "sparse_reg_study.cu").read_text()
 
 
@@ -61,26 +59,14 @@ class RegLaunch(forward_study.StudyLaunch):
     """study_reg_fwd compiled and planned for one shape; ``forward`` as the op's (no autograd)."""
 
     def __init__(self, Bn: int, C: int, H: int, W: int, ks: int, K: int, nrep: int, P: int):
-        self.g = geometry(H, W, ks, K, P)
-        self.smem = 4 * (self.g["ZBT"] + self.g["XTOT"])
-        self.threads = self.g["NT"]
-        optin = swc._smem_optin(0)
-        self.fits = self.smem <= optin and self.threads <= 1024
-        self.grid = (C, (Bn + P - 1) // P)
-        self.args = (Bn, C, nrep)
-        if not self.fits:
+        self.g = g = geometry(H, W, ks, K, P)
+        smem, threads = 4 * (g["ZBT"] + g["XTOT"]), g["NT"]
+        if not self.build(SOURCE, "study_reg_fwd", g, smem, threads, (C, (Bn + P - 1) // P), (Bn, C, nrep)):
             return
-        self.fn = forward_study.compile_study(SOURCE, "study_reg_fwd", self.g)
-        self.smem_static = self.fn.attributes["shared_size_bytes"]
-        self.fits = self.smem + self.smem_static <= optin
-        if not self.fits:
-            return
-        self.launch = swc._Launch(swc._Kernel(self.fn), self.grid, self.threads, self.smem, 9, self.args)
-        self.regs = self.fn.attributes["num_regs"]
         self.local_bytes = self.fn.attributes["local_size_bytes"]
         per_sm = 228 * 1024
-        by_regs = 65536 // (self.threads * _round_up(self.regs, 8))
-        self.blocks_per_sm = max(0, min(per_sm // (self.smem + self.smem_static + 1024), by_regs, 2048 // self.threads))
+        by_regs = 65536 // (threads * _round_up(self.regs, 8))
+        self.blocks_per_sm = max(0, min(per_sm // (smem + self.smem_static + 1024), by_regs, 2048 // threads))
 
     def plan(self) -> dict:
         return dict(

@@ -25,8 +25,6 @@ import forward_study
 from op_bench import K_SMALL, N_REP, B
 from sparse_tile_study import _bf16_pitch, _round_up
 
-from swconv.ops import cuda as swc
-
 SOURCE = (Path(__file__).resolve().parent / "sparse_tcr_study.cu").read_text()
 REGS_PER_THREAD = 96  # registers per thread the kernel may always use (fewer spill at stage 1)
 
@@ -78,26 +76,15 @@ class TcrLaunch(forward_study.StudyLaunch):
     def __init__(self, Bn: int, C: int, H: int, W: int, ks: int, K: int, nrep: int, P: int, maxreg: int = 0):
         nk = math.ceil(K / ks)
         self.g = geometry(H, W, ks, P)
-        self.smem = smem_bytes(self.g, nk)
-        self.threads = 32 * self.g["NWARPS"]
-        optin = swc._smem_optin(0)
-        self.fits = self.smem <= optin and self.threads <= 1024
-        self.grid = (C, (Bn + P - 1) // P)
-        self.args = (Bn, C, nk, nrep)
-        if not self.fits:
-            return
+        smem, threads = smem_bytes(self.g, nk), 32 * self.g["NWARPS"]
         per_sm = 228 * 1024
-        by_smem = max(1, min(per_sm // (self.smem + 1024), 2048 // self.threads, 32))
+        by_smem = max(1, min(per_sm // (smem + 1024), 2048 // threads, 32))
         # the register cap that lets the shared-memory limit decide residency, at least REGS_PER_THREAD
-        warps_per_scheduler = math.ceil(by_smem * self.threads / 128)
+        warps_per_scheduler = math.ceil(by_smem * threads / 128)
         maxreg = maxreg or max(REGS_PER_THREAD, min(168, 16384 // (32 * warps_per_scheduler) // 8 * 8))
-        self.fn = forward_study.compile_study(SOURCE, "study_tcr_fwd", {**self.g, "MAXREG": maxreg})
-        self.fits = self.smem + self.fn.attributes["shared_size_bytes"] <= optin
-        if not self.fits:
-            return
-        self.launch = swc._Launch(swc._Kernel(self.fn), self.grid, self.threads, self.smem, 9, self.args)
-        self.regs = self.fn.attributes["num_regs"]
-        self.blocks_per_sm = min(per_sm // (self.smem + 1024), _blocks_by_registers(self.regs, self.threads))
+        defines = {**self.g, "MAXREG": maxreg}
+        if self.build(SOURCE, "study_tcr_fwd", defines, smem, threads, (C, (Bn + P - 1) // P), (Bn, C, nk, nrep)):
+            self.blocks_per_sm = min(per_sm // (smem + 1024), _blocks_by_registers(self.regs, threads))
 
     def plan(self) -> dict:
         g = self.g
