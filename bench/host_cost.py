@@ -103,7 +103,8 @@ def stage_calls(C: int, H: int, K: int, batch: int):
 
     node = ours_forward()[0].grad_fn
     backward = node._forward_cls.backward
-    # the node's context as its backward reads it (a live node frees its saved tensors with its outputs)
+    # the node's context as its backward reads it, with what _KernelFunction saves per family: not
+    # node.saved_tensors, which are freed with the outputs (RuntimeError on the H200)
     saved = (x.detach(),) if vars(node)["family"] == "tc" else (x.detach(), w.detach())
     ctx = types.SimpleNamespace(saved_tensors=saved, needs_input_grad=node.needs_input_grad, **vars(node))
 
