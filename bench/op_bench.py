@@ -84,7 +84,11 @@ def write_results(stem: str, command: str, protocol: str, body: dict, out: str |
         "protocol": protocol,
         **body,
     }
-    name = f"{stem}_" + torch.cuda.get_device_name().replace(" ", "_") + ".json"
+    save_results(f"{stem}_" + torch.cuda.get_device_name().replace(" ", "_") + ".json", res, out)
+
+
+def save_results(name: str, res: dict, out: str | None) -> None:
+    """Writes ``res`` as JSON file ``name`` to bench/results/ and, when given, to ``out``."""
     paths = [Path(__file__).resolve().parent / "results" / name] + ([Path(out) / name] if out else [])
     for p in paths:
         p.parent.mkdir(parents=True, exist_ok=True)

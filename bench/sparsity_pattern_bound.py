@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
-from op_bench import K_SMALL, N_REP, STAGES, block_slot_cover
+from op_bench import K_SMALL, N_REP, STAGES, block_slot_cover, save_results
 
 from swconv.ops.cuda import tc_table_geo
 from swconv.ops.tables import make_shift_tables
@@ -116,11 +114,7 @@ def main() -> None:
         "k": K_SMALL,
         "stages": rows,
     }
-    paths = [Path(__file__).resolve().parent / "results" / "sparsity_pattern_bound.json"]
-    paths += [Path(args.out) / "sparsity_pattern_bound.json"] if args.out else []
-    for path in paths:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=1))
+    save_results("sparsity_pattern_bound.json", report, args.out)
     print("stage  active  work left: best mask (mean / min over channels)  random mask")
     for i, r in enumerate(rows, 1):
         print(
