@@ -64,9 +64,9 @@ class RegLaunch(forward_study.StudyLaunch):
         if not self.build(SOURCE, "study_reg_fwd", g, smem, threads, (C, (Bn + P - 1) // P), (Bn, C, nrep)):
             return
         self.local_bytes = self.fn.attributes["local_size_bytes"]
-        per_sm = 228 * 1024
         by_regs = 65536 // (threads * _round_up(self.regs, 8))
-        self.blocks_per_sm = max(0, min(per_sm // (smem + self.smem_static + 1024), by_regs, 2048 // threads))
+        by_smem = forward_study.blocks_by_smem(smem + self.smem_static)
+        self.blocks_per_sm = max(0, min(by_smem, by_regs, 2048 // threads))
 
     def plan(self) -> dict:
         return dict(

@@ -77,14 +77,14 @@ class TcrLaunch(forward_study.StudyLaunch):
         nk = math.ceil(K / ks)
         self.g = geometry(H, W, ks, P)
         smem, threads = smem_bytes(self.g, nk), 32 * self.g["NWARPS"]
-        per_sm = 228 * 1024
-        by_smem = max(1, min(per_sm // (smem + 1024), 2048 // threads, 32))
+        by_smem = max(1, min(forward_study.blocks_by_smem(smem), 2048 // threads, 32))
         # the register cap that lets the shared-memory limit decide residency, at least REGS_PER_THREAD
         warps_per_scheduler = math.ceil(by_smem * threads / 128)
         maxreg = maxreg or max(REGS_PER_THREAD, min(168, 16384 // (32 * warps_per_scheduler) // 8 * 8))
         defines = {**self.g, "MAXREG": maxreg}
         if self.build(SOURCE, "study_tcr_fwd", defines, smem, threads, (C, (Bn + P - 1) // P), (Bn, C, nk, nrep)):
-            self.blocks_per_sm = min(per_sm // (smem + 1024), _blocks_by_registers(self.regs, threads))
+            by_smem = forward_study.blocks_by_smem(smem + self.smem_static)
+            self.blocks_per_sm = min(by_smem, _blocks_by_registers(self.regs, threads))
 
     def plan(self) -> dict:
         g = self.g
