@@ -13,6 +13,7 @@ import os
 import random
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import cupy
 import torch
@@ -25,6 +26,13 @@ from swconv.ops.functional import shift_wise_conv
 DENSITIES = (0.0, 0.1, 0.3, 0.6, 1.0)
 PS = (1, 2, 4, 8, 16, 32)
 _kernels: dict[tuple, object] = {}
+HERE = Path(__file__).resolve().parent
+
+
+def study_source(file_name: str) -> str:
+    """The CUDA source of the study in bench/``file_name``, after the helpers they share
+    (bench/study_common.cuh)."""
+    return (HERE / "study_common.cuh").read_text() + (HERE / file_name).read_text()
 
 
 def compile_study(source: str, entry: str, defines: dict) -> object:

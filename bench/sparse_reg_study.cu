@@ -121,17 +121,7 @@ study_reg_fwd(const u16* __restrict__ x, const float* __restrict__ w, const int*
     for (int t = tid; t < NK; t += NT) s_act[t] = active[c * NK + t];
     for (int t = tid; t < XTOT / 4; t += NT) ((float4*)xs)[t] = make_float4(0.f, 0.f, 0.f, 0.f);
     __syncthreads();
-    if (tid < 32) {  // the active kernels, ascending
-        int n = 0;
-        for (int base = 0; base < NK; base += 32) {
-            const int j = base + tid;
-            const bool a = j < NK && s_act[j];
-            const unsigned msk = __ballot_sync(0xffffffffu, a);
-            if (a) s_list[n + __popc(msk & ((1u << tid) - 1u))] = j;
-            n += __popc(msk);
-        }
-        if (tid == 0) s_n = n;
-    }
+    compact_active(NK, s_act, s_list, &s_n);  // study_common.cuh
     for (int t = tid; t < KK; t += NT) {  // the folded identity kernel, in kernel order
         float s = 0.f;
         for (int j = 0; j < NK; ++j)

@@ -21,13 +21,12 @@ Writes sparse_reg_study_<GPU>.json to bench/results/ (and to --out) and prints a
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import forward_study
 from op_bench import B
 from sparse_tile_study import _round_up
 
-SOURCE = (Path(__file__).resolve().parent / "sparse_reg_study.cu").read_text()
+SOURCE = forward_study.study_source("sparse_reg_study.cu")
 
 
 def _first(start: int, ok) -> int:

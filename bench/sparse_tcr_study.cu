@@ -105,23 +105,6 @@ __device__ __forceinline__ Smem carve(float* smem, int nk) {
     return m;
 }
 
-// Warp 0 compacts the active kernels (mask act, ballot + popc: ascending order).
-__device__ __forceinline__ void compact_active(int nk, const unsigned char* act, int* list, int* s_n) {
-    const int tid = threadIdx.x;
-    if (tid < 32) {
-        int n = 0;
-        for (int base = 0; base < nk; base += 32) {
-            const int j = base + tid;
-            const bool a = j < nk && act[j];
-            const unsigned msk = __ballot_sync(0xffffffffu, a);
-            if (a) list[n + __popc(msk & ((1u << tid) - 1u))] = j;
-            n += __popc(msk);
-        }
-        if (tid == 0) *s_n = n;
-    }
-}
-
-
 // Toeplitz fragment of kernel row `row` (KS taps, fp32) for a lane: b.x = (T[2t][g], T[2t+1][g]),
 // b.y = (T[2t+8][g], T[2t+9][g]), T[q][col] = row[q - col - 4 + RS] (the window starts 4 columns
 // left of the tile).
@@ -293,7 +276,7 @@ study_tcr_fwd(const u16* __restrict__ x, const float* __restrict__ w, const int*
         m.cnt[t] = a ? idc[c * nk + t] : 0;
     }
     __syncthreads();
-    compact_active(nk, m.act, m.list, &s_n);
+    compact_active(nk, m.act, m.list, &s_n);  // study_common.cuh
     stage_input(x, m.xs, b0, np, C, c);
     if (tid < KK) {  // the folded identity kernel, in kernel order
         float s = 0.f;

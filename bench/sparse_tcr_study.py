@@ -19,13 +19,12 @@ ncu: ``--launch-skip 1 --launch-count 1`` profiles P = 1).
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import forward_study
 from op_bench import K_SMALL, N_REP, B
 from sparse_tile_study import _bf16_pitch, _round_up
 
-SOURCE = (Path(__file__).resolve().parent / "sparse_tcr_study.cu").read_text()
+SOURCE = forward_study.study_source("sparse_tcr_study.cu")
 REGS_PER_THREAD = 96  # registers per thread the kernel may always use (fewer spill at stage 1)
 
 
