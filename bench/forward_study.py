@@ -36,13 +36,13 @@ def study_source(file_name: str) -> str:
 
 
 def compile_study(source: str, entry: str, defines: dict) -> object:
-    """``entry`` of ``source`` compiled through NVRTC with ``-D`` ``defines`` (cached per entry and
-    defines), its dynamic shared memory allowed up to what its static part leaves of the opt-in
-    limit. STUDY_LINEINFO=1 adds source lines (for ncu)."""
-    key = (entry, *sorted(defines.items()))
+    """``entry`` of ``source`` compiled through NVRTC with ``-D`` ``defines`` (cached per source,
+    entry and compile options), its dynamic shared memory allowed up to what its static part
+    leaves of the opt-in limit. STUDY_LINEINFO=1 adds source lines (for ncu)."""
+    opts = tuple(f"-D{k}={v}" for k, v in sorted(defines.items())) + ("-std=c++17",)
+    opts += ("-lineinfo",) if os.environ.get("STUDY_LINEINFO") else ()
+    key = (source, entry, opts)
     if key not in _kernels:
-        opts = tuple(f"-D{k}={v}" for k, v in defines.items()) + ("-std=c++17",)
-        opts += ("-lineinfo",) if os.environ.get("STUDY_LINEINFO") else ()
         fn = cupy.RawModule(code=source, options=opts, backend="nvrtc").get_function(entry)
         fn.max_dynamic_shared_size_bytes = swc._smem_optin(0) - fn.attributes["shared_size_bytes"]
         fn.preferred_shared_memory_carveout = 100
