@@ -64,8 +64,9 @@ class StudyLaunch:
 
     def build(self, source: str, entry: str, defines: dict, smem: int, threads: int, grid, args) -> bool:
         """Sets ``fits`` (dynamic plus static shared memory within the opt-in limit, at most 1024
-        threads) and, when it fits, ``fn``, ``launch``, ``regs`` and ``smem_static``; returns ``fits``.
-        Compiles only when the dynamic part alone fits."""
+        threads) and, when it fits, ``fn``, ``launch``, ``regs``, ``smem_static`` and ``blocks_per_sm``
+        (the driver's occupancy calculator, as Nsight Compute reports it); returns ``fits``. Compiles
+        only when the dynamic part alone fits."""
         self.smem, self.threads, self.grid, self.args = smem, threads, grid, args
         optin = swc._smem_optin(0)
         self.fits = smem <= optin and threads <= 1024
@@ -74,8 +75,10 @@ class StudyLaunch:
             self.smem_static = self.fn.attributes["shared_size_bytes"]
             self.fits = smem + self.smem_static <= optin
         if self.fits:
-            self.launch = swc._Launch(swc._Kernel(self.fn), grid, threads, smem, 9, args)
+            kernel = swc._Kernel(self.fn)
+            self.launch = swc._Launch(kernel, grid, threads, smem, 9, args)
             self.regs = self.fn.attributes["num_regs"]
+            self.blocks_per_sm = cupy.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(kernel.ptr, threads, smem)
         return self.fits
 
     def forward(self, x, w, tables, active, poison: bool = False) -> list[torch.Tensor]:

@@ -60,12 +60,8 @@ class RegLaunch(forward_study.StudyLaunch):
     def __init__(self, Bn: int, C: int, H: int, W: int, ks: int, K: int, nrep: int, P: int):
         self.g = g = geometry(H, W, ks, K, P)
         smem, threads = 4 * (g["ZBT"] + g["XTOT"]), g["NT"]
-        if not self.build(SOURCE, "study_reg_fwd", g, smem, threads, (C, (Bn + P - 1) // P), (Bn, C, nrep)):
-            return
-        self.local_bytes = self.fn.attributes["local_size_bytes"]
-        by_regs = 65536 // (threads * _round_up(self.regs, 8))
-        by_smem = forward_study.blocks_by_smem(smem + self.smem_static)
-        self.blocks_per_sm = max(0, min(by_smem, by_regs, 2048 // threads))
+        if self.build(SOURCE, "study_reg_fwd", g, smem, threads, (C, (Bn + P - 1) // P), (Bn, C, nrep)):
+            self.local_bytes = self.fn.attributes["local_size_bytes"]
 
     def plan(self) -> dict:
         return dict(

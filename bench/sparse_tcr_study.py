@@ -58,17 +58,6 @@ def smem_bytes(g: dict, nk: int) -> int:
     return planes + tables
 
 
-def _blocks_by_registers(regs: int, threads: int) -> int:
-    """Resident blocks per SM that the registers allow: each of the 4 schedulers has 16,384
-    registers, allocated per warp in multiples of 8 per thread, and a block's warps are dealt out
-    over the schedulers (7 warps at 96 registers: 2 blocks, as Nsight Compute reports)."""
-    per_warp, warps = 32 * _round_up(regs, 8), math.ceil(threads / 32)
-    n = 0
-    while math.ceil((n + 1) * warps / 4) * per_warp <= 16384 and (n + 1) * threads <= 2048:
-        n += 1
-    return n
-
-
 class TcrLaunch(forward_study.StudyLaunch):
     """study_tcr_fwd compiled and planned for one shape; ``forward`` as the op's (no autograd)."""
 
@@ -81,9 +70,7 @@ class TcrLaunch(forward_study.StudyLaunch):
         warps_per_scheduler = math.ceil(by_smem * threads / 128)
         maxreg = maxreg or max(REGS_PER_THREAD, min(168, 16384 // (32 * warps_per_scheduler) // 8 * 8))
         defines = {**self.g, "MAXREG": maxreg}
-        if self.build(SOURCE, "study_tcr_fwd", defines, smem, threads, (C, (Bn + P - 1) // P), (Bn, C, nk, nrep)):
-            by_smem = forward_study.blocks_by_smem(smem + self.smem_static)
-            self.blocks_per_sm = min(by_smem, _blocks_by_registers(self.regs, threads))
+        self.build(SOURCE, "study_tcr_fwd", defines, smem, threads, (C, (Bn + P - 1) // P), (Bn, C, nk, nrep))
 
     def plan(self) -> dict:
         g = self.g
