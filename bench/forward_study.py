@@ -50,11 +50,6 @@ def compile_study(source: str, entry: str, defines: dict) -> object:
     return _kernels[key]
 
 
-def blocks_by_smem(smem: int) -> int:
-    """Resident blocks per SM of device 0 that ``smem`` bytes of shared memory per block allow."""
-    return swc._smem_per_sm(0) // (smem + swc._SMEM_RESERVED_PER_BLOCK)
-
-
 class StudyLaunch:
     """What the study launch classes share: ``build`` (compile, check the fit, make the launch) and
     ``forward``, ``self.launch`` (a swconv ``_Launch`` taking x, w, the 7 tables, the mask, then the

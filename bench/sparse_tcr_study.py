@@ -24,6 +24,8 @@ import forward_study
 from op_bench import K_SMALL, N_REP, B
 from sparse_tile_study import _bf16_pitch, _round_up
 
+from swconv.ops import cuda as swc
+
 SOURCE = forward_study.study_source("sparse_tcr_study.cu")
 REGS_PER_THREAD = 96  # registers per thread the kernel may always use (fewer spill at stage 1)
 
@@ -65,7 +67,7 @@ class TcrLaunch(forward_study.StudyLaunch):
         nk = math.ceil(K / ks)
         self.g = geometry(H, W, ks, P)
         smem, threads = smem_bytes(self.g, nk), 32 * self.g["NWARPS"]
-        by_smem = max(1, min(forward_study.blocks_by_smem(smem), 2048 // threads, 32))
+        by_smem = max(1, min(swc._blocks_by_smem(smem, swc._smem_per_sm(0)), 2048 // threads, 32))
         # the register cap that lets the shared-memory limit decide residency, at least REGS_PER_THREAD
         warps_per_scheduler = math.ceil(by_smem * threads / 128)
         maxreg = maxreg or max(REGS_PER_THREAD, min(168, 16384 // (32 * warps_per_scheduler) // 8 * 8))

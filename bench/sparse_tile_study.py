@@ -133,7 +133,7 @@ def plan(Bn: int, H: int, W: int, nk: int, nrep: int, ks: int, m: int, backward:
     while True:
         threads = _round_up(P * tiles, 32)
         smem = smem_bytes(backward, P, H, W, nk, nrep, ks, m, threads)
-        if smem <= limit and (P == 1 or per_sm // (smem + 1024) >= MIN_BLOCKS):
+        if smem <= limit and (P == 1 or swc._blocks_by_smem(smem, per_sm) >= MIN_BLOCKS):
             return P, threads, smem
         if P == 1:
             raise RuntimeError(f"study kernels: a {H}x{W} plane needs {smem} bytes of shared memory, over {limit}")

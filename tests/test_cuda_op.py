@@ -1,4 +1,5 @@
-"""GPU tests of the CuPy shift-wise kernels (swconv.ops.cuda) against float64 references.
+"""Tests of the CuPy shift-wise kernels (swconv.ops.cuda): the kernels against float64 references
+(GPU), their launch planner (CPU).
 
 Two references: an independent dense cross-kernel construction of SPEC §1.6 written here, and the
 project's PyTorch oracle ``swconv.ops.functional.shift_wise_conv(..., impl="torch")``.
@@ -643,3 +644,30 @@ def test_tc_forward_without_gradients(dt):
     for a, b in zip(plain, outs_none):
         assert torch.equal(a, b)
     check_against_reference(cfg, 12)
+
+
+# H200 limits: 227 KiB opt-in per block (less the 1 KiB swconv keeps for static memory), 228 KiB per SM
+_H200_SMEM = (232448 - 1024, 233472)
+
+
+@pytest.mark.parametrize("backward", [False, True], ids=["fwd", "bwd"])
+@pytest.mark.parametrize("C,H,K", [(60, 56, 51), (122, 28, 49), (246, 14, 47), (492, 7, 13), (5, 33, 31)])
+def test_tc_launch_plan_is_the_largest_that_keeps_residency(C, H, K, backward):
+    """CPU: the tensor-core plan fits the block limit and keeps the wanted resident blocks per SM
+    (or is one image), and one image more would not."""
+    from swconv.ops import cuda as swc
+
+    ks, B = 3, 128
+    L, m = math.ceil(K / ks) * ks, K // 2
+    limit, per_sm = _H200_SMEM
+    P, smem = swc.tc_launch_plan(B, H, H, L, m, ks, backward, limit, per_sm)
+    assert smem == swc.tc_smem_bytes(backward, P, H, H, L, m, ks) <= limit
+    want = swc._TC_BLOCKS_PER_SM[backward]
+
+    def keeps(p):
+        s = swc.tc_smem_bytes(backward, p, H, H, L, m, ks)
+        return s <= limit and per_sm // (s + 1024) >= want
+
+    assert P == 1 or keeps(P)
+    if P < min(B, swc._TC_MAX_LINES // H):
+        assert not keeps(P + 1)

@@ -598,6 +598,11 @@ _SMEM_RESERVED_PER_BLOCK = 1024  # shared memory the driver keeps per resident b
 _tc_modules: dict[tuple, tuple] = {}
 
 
+def _blocks_by_smem(smem: int, smem_per_sm: int) -> int:
+    """Resident blocks per SM that ``smem`` bytes of shared memory per block allow."""
+    return smem_per_sm // (smem + _SMEM_RESERVED_PER_BLOCK)
+
+
 def _tc_functions(dtype_code: int, ks: int, device_index: int, defines: tuple[str, ...] = ()):
     """(swc_cross_grad, swc_tc_fwd, swc_tc_bwd) compiled for one dtype and k; ``defines``: extra
     ``-D`` options (benchmarks compare register caps with them)."""
@@ -685,7 +690,7 @@ def tc_launch_plan(
     P = max(1, min(B, _TC_MAX_LINES // max(H, W)))
     while P > 1:
         smem = tc_smem_bytes(backward, P, H, W, L, m, ks)
-        if smem <= smem_limit and smem_per_sm // (smem + _SMEM_RESERVED_PER_BLOCK) >= want:
+        if smem <= smem_limit and _blocks_by_smem(smem, smem_per_sm) >= want:
             break
         P -= 1
     return P, tc_smem_bytes(backward, P, H, W, L, m, ks)
