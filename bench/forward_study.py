@@ -59,16 +59,15 @@ class StudyLaunch:
 
     def build(self, source: str, entry: str, defines: dict, smem: int, threads: int, grid, args) -> bool:
         """Sets ``fits`` (dynamic plus static shared memory within the opt-in limit, at most 1024
-        threads) and, when it fits, ``fn``, ``launch``, ``regs``, ``smem_static`` and ``blocks_per_sm``
-        (the driver's occupancy calculator, as Nsight Compute reports it); returns ``fits``. Compiles
-        only when the dynamic part alone fits."""
-        self.smem, self.threads, self.grid, self.args = smem, threads, grid, args
+        threads) and, when it fits, ``fn``, ``launch``, ``regs`` and ``blocks_per_sm`` (the driver's
+        occupancy calculator, as Nsight Compute reports it); returns ``fits``. Compiles only when the
+        dynamic part alone fits."""
+        self.smem, self.threads = smem, threads
         optin = swc._smem_optin(0)
         self.fits = smem <= optin and threads <= 1024
         if self.fits:
             self.fn = compile_study(source, entry, defines)
-            self.smem_static = self.fn.attributes["shared_size_bytes"]
-            self.fits = smem + self.smem_static <= optin
+            self.fits = smem + self.fn.attributes["shared_size_bytes"] <= optin
         if self.fits:
             kernel = swc._Kernel(self.fn)
             self.launch = swc._Launch(kernel, grid, threads, smem, 9, args)
