@@ -3,7 +3,10 @@ tensor-core kernels compile to sm_90 machine code without register spills; no GP
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,6 +76,26 @@ _PTXAS_ENTRY = re.compile(
 )
 
 
+def _uncached_ptxas_log(path: Path, options: list[str]) -> str:
+    """NVRTC's log for ``path`` built to machine code in a fresh process with the CUDA compute cache
+    off. NVRTC 13 takes the machine code of PTX it has built before from the compute cache and then
+    logs nothing from ptxas; it reads CUDA_CACHE_DISABLE only when it loads, hence the process."""
+    code = (
+        "import sys, test_kernels_compile as t;"
+        "print(t._compile(open(sys.argv[1]).read(), sys.argv[2], sys.argv[3:], True))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(path), path.name, *options],
+        cwd=Path(__file__).resolve().parent,
+        env={**os.environ, "CUDA_CACHE_DISABLE": "1"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, f"NVRTC subprocess failed:\n{done.stderr}"
+    return done.stdout
+
+
 @needs_nvrtc
 @pytest.mark.parametrize("dt", [1, 2], ids=["fp16", "bf16"])
 def test_tensor_core_kernels_do_not_spill(dt: int):
@@ -80,9 +103,7 @@ def test_tensor_core_kernels_do_not_spill(dt: int):
     stack frame and no spills. The kernels are compiled against register caps (64 forward, 128
     backward) that they fill; a spill there costs the bf16 path more than any GPU test shows."""
     path = KERNEL_DIR / "shift_wise_tc.cu"
-    log = _compile(
-        path.read_text(), path.name, ["-arch=sm_90", f"-DDT={dt}", "-DKS=3", "-std=c++17", "--ptxas-options=-v"], True
-    )
+    log = _uncached_ptxas_log(path, ["-arch=sm_90", f"-DDT={dt}", "-DKS=3", "-std=c++17", "--ptxas-options=-v"])
     found = {m[0]: tuple(map(int, m[1:])) for m in _PTXAS_ENTRY.findall(log)}
     assert set(found) == set(_ENTRIES[path.name]), f"ptxas reported {sorted(found)}:\n{log}"
     spilling = {name: v for name, v in found.items() if any(v)}
