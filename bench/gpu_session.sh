@@ -9,13 +9,18 @@ mkdir -p "$OUT"
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 TESTS=1; BENCH=1; NCU=1
 for a in "$@"; do case $a in --no-tests) TESTS=0;; --no-bench) BENCH=0;; --no-ncu) NCU=0;; esac; done
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader || true
-python3 -c "import torch, cupy; print('torch', torch.__version__, 'cupy', cupy.__version__, torch.cuda.get_device_name())"
+# the machine and versions, printed and put at the head of the test log so that the log names them
+MACHINE=$( { nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader || true
+  python3 -c "import torch, cupy; print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'cuDNN',
+torch.backends.cudnn.version(), 'cupy', cupy.__version__, torch.cuda.get_device_name())"; } 2>&1 )
+echo "$MACHINE"
 rc=0
 if [ $TESTS = 1 ]; then
   t0=$(date +%s)
-  python3 -m pytest -q --maxfail=10 -p no:cacheprovider tests/test_kernels_compile.py tests/test_cuda_op.py \
-      -o addopts="" --junitxml="$OUT/gpu_tests.xml" > "$OUT/gpu_tests.log" 2>&1 || rc=1
+  TEST_CMD=(python3 -m pytest -q --maxfail=10 -p no:cacheprovider tests/test_kernels_compile.py tests/test_cuda_op.py
+            -o addopts="" --junitxml="$OUT/gpu_tests.xml")
+  { date -u +%FT%TZ; echo "$MACHINE"; echo "PYTHONPATH=src ${TEST_CMD[*]//"$OUT"/\$OUT}"; } | sed 's/^/# /' > "$OUT/gpu_tests.log"
+  "${TEST_CMD[@]}" >> "$OUT/gpu_tests.log" 2>&1 || rc=1
   tail -n 25 "$OUT/gpu_tests.log"; echo "tests took $(( $(date +%s) - t0 )) s (rc=$rc)"
 fi
 if [ $NCU = 1 ] && command -v ncu >/dev/null; then
